@@ -1,0 +1,1 @@
+"""Chat templating and parsing of Qwen3 output (thinking, tool calls)."""

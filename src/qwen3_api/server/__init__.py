@@ -1,0 +1,1 @@
+"""HTTP layer: FastAPI only, never imports torch."""
