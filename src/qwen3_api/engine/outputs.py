@@ -34,6 +34,7 @@ class CoreOutput:
     num_prompt_tokens: int = 0
     num_cached_tokens: int = 0
     stop_token_id: int | None = None  # the end token that finished it, if any (never part of the text)
+    error: str | None = None  # this request failed; the others go on
 
 
 @dataclass

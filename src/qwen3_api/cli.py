@@ -1,0 +1,101 @@
+"""The `qwen3-api` command: serve, make-test-model."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from qwen3_api.config import Settings
+
+app = typer.Typer(help="Serve Qwen3 models: the original /generate API on our own batching engine.", no_args_is_help=True)
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _settings(**flags: Any) -> Settings:
+    """Flags given on the command line override QWEN3_API_* environment variables, which override defaults."""
+    try:
+        return Settings(**{k: v for k, v in flags.items() if v is not None})
+    except ValueError as exc:
+        typer.echo(f"error: invalid settings: {exc}", err=True)
+        raise typer.Exit(2) from exc
+
+
+@app.command()
+def serve(
+    model: Annotated[Optional[str], typer.Option(help="HF repo id, local model dir, or test:tiny")] = None,
+    host: Annotated[Optional[str], typer.Option(help="listen address [default 127.0.0.1]")] = None,
+    port: Annotated[Optional[int], typer.Option(help="listen port [default 2025]")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto|cpu|cuda")] = None,
+    dtype: Annotated[Optional[str], typer.Option(help="auto|float32|bfloat16|float16")] = None,
+    backend: Annotated[Optional[str], typer.Option(help="auto|torch|reference")] = None,
+    max_num_seqs: Annotated[Optional[int], typer.Option(help="sequences decoded together")] = None,
+    max_num_batched_tokens: Annotated[Optional[int], typer.Option(help="token budget per step")] = None,
+    kv_cache_memory: Annotated[Optional[float], typer.Option(help="KV cache budget in GiB")] = None,
+    max_model_len: Annotated[Optional[int], typer.Option(help="context limit")] = None,
+    max_num_return_sequences: Annotated[Optional[int], typer.Option(help="cap of num_return_sequences")] = None,
+    log_level: Annotated[Optional[str], typer.Option(help="debug|info|warning|error")] = None,
+) -> None:
+    """Start the HTTP server; it listens at once and loads the model in the background."""
+    import uvicorn
+
+    from qwen3_api.server.app import create_app
+
+    settings = _settings(
+        model=model, host=host, port=port, device=device, dtype=dtype, backend=backend, max_num_seqs=max_num_seqs,
+        max_num_batched_tokens=max_num_batched_tokens, kv_cache_memory=kv_cache_memory, max_model_len=max_model_len,
+        max_num_return_sequences=max_num_return_sequences, log_level=log_level,
+    )  # fmt: skip
+    configure_logging(settings.log_level)
+    server: uvicorn.Server | None = None
+
+    def stop_on_failure() -> None:
+        if server is not None:
+            server.should_exit = True
+
+    application = create_app(settings, on_load_failure=stop_on_failure)
+    config = uvicorn.Config(application, host=settings.host, port=settings.port, log_level=settings.log_level)
+    server = uvicorn.Server(config)
+    server.run()
+    if application.state.server.load_error:
+        raise typer.Exit(1)
+
+
+@app.command("make-test-model")
+def make_test_model(
+    out_dir: Annotated[Path, typer.Argument(help="directory to write the model to")],
+    shape: Annotated[str, typer.Option(help="tiny|0.6b|4b")] = "tiny",
+    seed: Annotated[int, typer.Option(help="random seed of the weights")] = 0,
+    dtype: Annotated[str, typer.Option(help="float32|bfloat16|float16")] = "float32",
+    init_std: Annotated[float, typer.Option(help="std of the random matrices")] = 0.02,
+    num_layers: Annotated[Optional[int], typer.Option(help="override the shape's layer count")] = None,
+) -> None:
+    """Build a model directory: the real Qwen3 tokenizer and seeded random weights in a real Qwen3 shape."""
+    from qwen3_api.testing.models import build_test_model
+
+    configure_logging("info")
+    if out_dir.exists() and any(out_dir.iterdir()):
+        typer.echo(f"error: {out_dir} exists and is not empty", err=True)
+        raise typer.Exit(2)
+    if out_dir.exists():
+        out_dir.rmdir()
+    try:
+        path = build_test_model(out_dir, shape=shape, seed=seed, dtype=dtype, init_std=init_std, num_layers=num_layers)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(f"wrote {shape} test model to {path}")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,43 @@
+"""Settings: every flag of `qwen3-api serve` is also an environment variable QWEN3_API_<NAME>."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL = "Qwen/Qwen3-4B-Instruct-2507"
+
+Device = Literal["auto", "cpu", "cuda"]
+DType = Literal["auto", "float32", "bfloat16", "float16"]
+Backend = Literal["auto", "torch", "reference"]
+
+
+class Settings(BaseSettings):
+    """Validated server and engine configuration."""
+
+    model_config = SettingsConfigDict(env_prefix="QWEN3_API_", extra="forbid", frozen=True)
+
+    model: str = Field(DEFAULT_MODEL, description="HF repo id, local model directory, or test:<tiny|0.6b|4b>")
+    host: str = Field("127.0.0.1", description="address to listen on")
+    port: int = Field(2025, ge=0, le=65535, description="port to listen on")
+    device: Device = Field("auto", description="auto picks cuda when available, else cpu")
+    dtype: DType = Field("auto", description="auto: bfloat16 on CUDA, float32 on CPU")
+    backend: Backend = Field("auto", description="torch: our batching engine; reference: HF generate, one at a time")
+    max_num_seqs: int = Field(16, ge=1, le=1024, description="most sequences decoded together in one step")
+    max_num_batched_tokens: int = Field(512, ge=16, description="token budget of one engine step (chunked prefill)")
+    block_size: int = Field(16, ge=1, le=256, description="tokens per KV cache block")
+    kv_cache_memory: float = Field(1.0, gt=0, description="KV cache budget in GiB")
+    max_model_len: int | None = Field(None, ge=16, description="context limit; default from the model config")
+    enable_prefix_caching: bool = Field(True, description="reuse KV blocks of repeated prompt prefixes")
+    max_num_return_sequences: int = Field(8, ge=1, le=64, description="cap of num_return_sequences / n")
+    max_queued_requests: int = Field(256, ge=1, description="requests waiting beyond this get 503")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log verbosity")
+
+    @field_validator("model")
+    @classmethod
+    def _model_not_empty(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("model must not be empty")
+        return value.strip()

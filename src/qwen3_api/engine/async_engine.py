@@ -1,0 +1,308 @@
+"""The asyncio front of the engine: submit a request, receive its outputs as an async stream, abort it.
+
+One background thread owns the engine core and steps it while any request is unfinished. Requests cross into that
+thread as commands; outputs cross back through `loop.call_soon_threadsafe` into per-request asyncio queues.
+Detokenization and stop strings are handled here, once, for every backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import logging
+import threading
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from qwen3_api.engine.core import EngineCore
+from qwen3_api.engine.detokenize import IncrementalDetokenizer
+from qwen3_api.engine.outputs import CoreOutput, FinishReason, RequestOutput, TokenLogprob
+from qwen3_api.engine.sampling import SamplingParams
+from qwen3_api.engine.tokenizer import Tokenizer
+from qwen3_api.errors import (
+    ContextLengthExceededError,
+    EngineError,
+    EngineOverloadedError,
+    InvalidRequestError,
+)
+
+logger = logging.getLogger(__name__)
+
+_Item = RequestOutput | BaseException
+
+
+@dataclass
+class _RequestState:
+    """Per-request bookkeeping, owned by the loop thread after submission."""
+
+    request_id: str
+    params: SamplingParams
+    detokenizer: IncrementalDetokenizer
+    queue: asyncio.Queue[_Item]
+    num_prompt_tokens: int
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+
+
+@dataclass
+class FinalOutput:
+    """A finished request, collected from its stream."""
+
+    text: str
+    token_ids: list[int]
+    finish_reason: FinishReason
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    logprobs: list[TokenLogprob] | None = None
+    stop_reason: str | int | None = None
+
+
+@dataclass
+class _Command:
+    kind: str  # "add" or "abort"
+    request_id: str
+    state: _RequestState | None = None
+    prompt_token_ids: list[int] = field(default_factory=list)
+    prefix_group: str | None = None
+
+
+class AsyncEngine:
+    """Asyncio-facing engine over any `EngineCore` backend."""
+
+    def __init__(self, core: EngineCore, tokenizer: Tokenizer, model_name: str, max_queued_requests: int = 256):
+        self.core = core
+        self.tokenizer = tokenizer
+        self.model_name = model_name
+        self.max_model_len = core.max_model_len
+        self.max_queued_requests = max_queued_requests
+        self._commands: collections.deque[_Command] = collections.deque()
+        self._wakeup = threading.Event()
+        self._stopped = threading.Event()
+        self._states: dict[str, _RequestState] = {}  # loop thread only
+        self._num_live = 0  # event-loop side count of unfinished requests
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    # ---- lifecycle -------------------------------------------------------------------------------------------
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start the loop thread; outputs are delivered on `loop`."""
+        self._loop = loop
+        self._thread = threading.Thread(target=self._run, name="engine-loop", daemon=True)
+        self._thread.start()
+
+    def shutdown(self) -> None:
+        """Stop the loop thread and release the backend."""
+        self._stopped.set()
+        self._wakeup.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        self.core.shutdown()
+
+    @property
+    def num_unfinished_requests(self) -> int:
+        return self._num_live
+
+    # ---- requests --------------------------------------------------------------------------------------------
+    def check_request(self, prompt_token_ids: list[int], params: SamplingParams, max_tokens_param: str) -> None:
+        """Reject what can never run, before it is queued: empty prompts, unknown ids, context overflow."""
+        if not prompt_token_ids:
+            raise InvalidRequestError("the prompt is empty", "prompt")
+        if min(prompt_token_ids) < 0 or max(prompt_token_ids) >= self.tokenizer.vocab_size:
+            raise InvalidRequestError(f"prompt token ids must be in [0, {self.tokenizer.vocab_size})", "prompt")
+        if len(prompt_token_ids) + params.max_tokens > self.max_model_len:
+            raise ContextLengthExceededError(
+                len(prompt_token_ids), params.max_tokens, self.max_model_len, param=max_tokens_param
+            )
+        for token_id, _ in params.logit_bias:
+            if not 0 <= token_id < self.tokenizer.vocab_size:
+                raise InvalidRequestError(f"logit_bias token id {token_id} is not in the vocabulary", "logit_bias")
+
+    async def generate(
+        self,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        request_id: str | None = None,
+        prefix_group: str | None = None,
+        max_tokens_param: str = "max_tokens",
+    ) -> AsyncIterator[RequestOutput]:
+        """Submit one request and stream its outputs; closing the stream early aborts the request."""
+        if self._loop is None:
+            raise EngineError("the engine is not started")
+        self.check_request(prompt_token_ids, params, max_tokens_param)
+        if self._num_live >= self.max_queued_requests:
+            raise EngineOverloadedError(
+                f"the server is at its limit of {self.max_queued_requests} unfinished requests; retry later"
+            )
+        request_id = request_id or uuid.uuid4().hex
+        state = _RequestState(
+            request_id=request_id,
+            params=params,
+            detokenizer=IncrementalDetokenizer(
+                self.tokenizer.hf, prompt_token_ids, skip_special_tokens=params.skip_special_tokens, stop=params.stop
+            ),
+            queue=asyncio.Queue(),
+            num_prompt_tokens=len(prompt_token_ids),
+        )
+        self._num_live += 1
+        finished = False
+        try:
+            self._submit(_Command("add", request_id, state, list(prompt_token_ids), prefix_group))
+            while True:
+                item = await state.queue.get()
+                if isinstance(item, BaseException):
+                    finished = True
+                    raise item
+                finished = item.finished
+                yield item
+                if finished:
+                    return
+        finally:
+            self._num_live -= 1
+            if not finished:
+                self._submit(_Command("abort", request_id))
+
+    async def generate_n(
+        self, prompt_token_ids: list[int], params: SamplingParams, n: int, max_tokens_param: str = "max_tokens"
+    ) -> list[FinalOutput]:
+        """Run `n` sequences from one prompt (sharing its KV blocks) and collect their final outputs."""
+        self.check_request(prompt_token_ids, params, max_tokens_param)
+        group = uuid.uuid4().hex
+        sibling_params = [
+            dataclasses.replace(params, seed=None if params.seed is None else params.seed + i) for i in range(n)
+        ]
+        async with asyncio.TaskGroup() as tasks:
+            futures = [
+                tasks.create_task(
+                    self.collect(
+                        self.generate(prompt_token_ids, p, f"{group}-{i}", group if n > 1 else None, max_tokens_param)
+                    )
+                )
+                for i, p in enumerate(sibling_params)
+            ]
+        return [f.result() for f in futures]
+
+    @staticmethod
+    async def collect(stream: AsyncIterator[RequestOutput]) -> FinalOutput:
+        """Drain a stream into its final output."""
+        texts: list[str] = []
+        token_ids: list[int] = []
+        logprobs: list[TokenLogprob] | None = None
+        last: RequestOutput | None = None
+        async for out in stream:
+            texts.append(out.new_text)
+            token_ids.extend(out.new_token_ids)
+            if out.logprobs is not None:
+                logprobs = (logprobs or []) + out.logprobs
+            last = out
+        if last is None or last.finish_reason is None:
+            raise EngineError("the request ended without a finish reason")
+        return FinalOutput(
+            text="".join(texts),
+            token_ids=token_ids,
+            finish_reason=last.finish_reason,
+            prompt_tokens=last.prompt_tokens,
+            completion_tokens=last.completion_tokens,
+            cached_tokens=last.cached_tokens,
+            logprobs=logprobs,
+            stop_reason=last.stop_reason,
+        )
+
+    # ---- loop thread -----------------------------------------------------------------------------------------
+    def _submit(self, command: _Command) -> None:
+        self._commands.append(command)
+        self._wakeup.set()
+
+    def _deliver(self, state: _RequestState, item: _Item) -> None:
+        if self._loop is not None:  # always set by start() before any request is accepted
+            self._loop.call_soon_threadsafe(state.queue.put_nowait, item)
+
+    def _run(self) -> None:
+        while not self._stopped.is_set():
+            self._drain_commands()
+            if not self.core.has_unfinished_requests():
+                self._wakeup.wait(timeout=1.0)
+                self._wakeup.clear()
+                continue
+            try:
+                outputs = self.core.step()
+            except Exception as exc:  # a failing step must fail its requests, never hang them
+                logger.exception("engine step failed")
+                self._fail_all(exc)
+                continue
+            for output in outputs:
+                self._process(output)
+
+    def _drain_commands(self) -> None:
+        while self._commands:
+            command = self._commands.popleft()
+            if command.kind == "add" and command.state is not None:
+                self._states[command.request_id] = command.state
+                try:
+                    self.core.add_request(
+                        command.request_id, command.prompt_token_ids, command.state.params, command.prefix_group
+                    )
+                except Exception as exc:
+                    self._states.pop(command.request_id, None)
+                    self._deliver(command.state, exc)
+            elif command.kind == "abort" and command.request_id in self._states:
+                self.core.abort_request(command.request_id)
+                self._finish(self._states[command.request_id], FinishReason.ABORT, text="")
+
+    def _process(self, output: CoreOutput) -> None:
+        state = self._states.get(output.request_id)
+        if state is None:  # aborted after this step was scheduled
+            return
+        if output.error is not None:
+            self._states.pop(state.request_id, None)
+            self._deliver(state, EngineError(output.error))
+            return
+        state.completion_tokens += len(output.new_token_ids)
+        state.cached_tokens = max(state.cached_tokens, output.num_cached_tokens)
+        delta = state.detokenizer.add(output.new_token_ids)
+        if delta.stop_string is not None:
+            self.core.abort_request(state.request_id)
+            self._finish(state, FinishReason.STOP, delta.text, output, stop_reason=delta.stop_string)
+        elif output.finish_reason is not None:
+            text = delta.text + state.detokenizer.flush()
+            self._finish(state, output.finish_reason, text, output, stop_reason=output.stop_token_id)
+        else:
+            self._deliver(state, self._output(state, delta.text, output))
+
+    def _output(self, state: _RequestState, text: str, core: CoreOutput | None) -> RequestOutput:
+        return RequestOutput(
+            request_id=state.request_id,
+            new_text=text,
+            new_token_ids=list(core.new_token_ids) if core else [],
+            prompt_tokens=state.num_prompt_tokens,
+            completion_tokens=state.completion_tokens,
+            cached_tokens=state.cached_tokens,
+            logprobs=core.new_logprobs if core else None,
+        )
+
+    def _finish(
+        self,
+        state: _RequestState,
+        reason: FinishReason,
+        text: str,
+        core: CoreOutput | None = None,
+        stop_reason: str | int | None = None,
+    ) -> None:
+        self._states.pop(state.request_id, None)
+        output = self._output(state, text, core)
+        output.finished = True
+        output.finish_reason = reason
+        output.stop_reason = stop_reason
+        self._deliver(state, output)
+
+    def _fail_all(self, exc: Exception) -> None:
+        for request_id, state in list(self._states.items()):
+            try:
+                self.core.abort_request(request_id)
+            except Exception:  # the core is already broken; the requests still get their error
+                logger.exception("abort after a failed step failed")
+            self._states.pop(request_id, None)
+            self._deliver(state, EngineError(str(exc) or type(exc).__name__))
+

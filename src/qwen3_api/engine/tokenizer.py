@@ -1,0 +1,87 @@
+"""The model's tokenizer and chat template, as the engine and the APIs use them."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from qwen3_api.errors import InvalidRequestError
+
+CHATML_MARKER = "<|im_start|>"
+
+
+@dataclass(frozen=True)
+class GenerationDefaults:
+    """What the model's generation_config.json says: end tokens and sampling defaults."""
+
+    eos_token_ids: tuple[int, ...]
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+
+    @classmethod
+    def from_dir(cls, model_dir: Path, fallback_eos: tuple[int, ...]) -> GenerationDefaults:
+        path = model_dir / "generation_config.json"
+        config = json.loads(path.read_text()) if path.exists() else {}
+        eos = config.get("eos_token_id", list(fallback_eos))
+        eos_ids = tuple(eos) if isinstance(eos, list) else (eos,)
+        return cls(
+            eos_token_ids=tuple(int(i) for i in eos_ids if i is not None) or fallback_eos,
+            temperature=config.get("temperature"),
+            top_p=config.get("top_p"),
+            top_k=config.get("top_k"),
+        )
+
+
+class Tokenizer:
+    """Wraps an HF fast tokenizer: encoding, chat rendering and the model's end tokens."""
+
+    def __init__(self, model_dir: Path) -> None:
+        from transformers import AutoTokenizer
+
+        self.hf = AutoTokenizer.from_pretrained(str(model_dir))
+        fallback = tuple(i for i in (self.hf.convert_tokens_to_ids("<|im_end|>"), self.hf.eos_token_id) if i is not None)
+        self.generation = GenerationDefaults.from_dir(model_dir, fallback)
+        self.vocab_size = len(self.hf)
+
+    @property
+    def eos_token_ids(self) -> tuple[int, ...]:
+        return self.generation.eos_token_ids
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text` verbatim; special-token markers in it become their ids."""
+        return list(self.hf.encode(text, add_special_tokens=False))
+
+    def decode(self, token_ids: list[int], skip_special_tokens: bool = True) -> str:
+        return str(self.hf.decode(token_ids, skip_special_tokens=skip_special_tokens))
+
+    def render_chat(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        tools: list[dict[str, Any]] | None = None,
+        enable_thinking: bool | None = None,
+        add_generation_prompt: bool = True,
+        extra_template_kwargs: dict[str, Any] | None = None,
+    ) -> str:
+        """The prompt text the chat template makes of `messages`."""
+        kwargs = dict(extra_template_kwargs or {})
+        if enable_thinking is not None:
+            kwargs["enable_thinking"] = enable_thinking
+        try:
+            return str(
+                self.hf.apply_chat_template(
+                    messages, tools=tools, tokenize=False, add_generation_prompt=add_generation_prompt, **kwargs
+                )
+            )
+        except Exception as exc:  # template errors are caused by the messages given
+            raise InvalidRequestError(f"cannot apply the chat template to these messages: {exc}", "messages") from exc
+
+    def prompt_token_ids(self, prompt: str, raw: bool = False) -> list[int]:
+        """The original API's prompt rule: ChatML text (or raw=True) is used verbatim, anything else is one
+        user message rendered by the chat template with thinking off."""
+        if raw or CHATML_MARKER in prompt:
+            return self.encode(prompt)
+        return self.encode(self.render_chat([{"role": "user", "content": prompt}], enable_thinking=False))

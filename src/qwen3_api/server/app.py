@@ -1,0 +1,89 @@
+"""The FastAPI application: listens at once, loads the engine in the background, serves every API."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
+
+from fastapi import FastAPI
+
+from qwen3_api import __version__
+from qwen3_api.config import Settings
+from qwen3_api.errors import Qwen3APIError
+from qwen3_api.server import native
+from qwen3_api.server.errors import install_error_handlers
+from qwen3_api.server.state import ServerState
+
+if TYPE_CHECKING:
+    from qwen3_api.engine.async_engine import AsyncEngine
+
+logger = logging.getLogger(__name__)
+
+EngineLoader = Callable[[Settings], "AsyncEngine"]
+
+
+def _default_loader(settings: Settings) -> AsyncEngine:
+    from qwen3_api.engine.loader import load_engine  # imports torch: only ever in the loading thread
+
+    return load_engine(settings)
+
+
+def _load_in_background(
+    state: ServerState, loader: EngineLoader, loop: asyncio.AbstractEventLoop, on_failure: Callable[[], None] | None
+) -> None:
+    try:
+        engine = loader(state.settings)
+    except Qwen3APIError as exc:  # expected failures (model not found, hub unreachable): one clear line
+        state.load_error = str(exc)
+        logger.error("model loading failed: %s", exc)
+    except Exception as exc:
+        state.load_error = str(exc)
+        logger.exception("model loading failed")
+    else:
+
+        def publish() -> None:
+            engine.start(loop)
+            state.engine = engine
+            logger.info("ready: serving %s", engine.model_name)
+
+        loop.call_soon_threadsafe(publish)
+        return
+    if on_failure is not None:
+        loop.call_soon_threadsafe(on_failure)
+
+    def publish() -> None:
+        engine.start(loop)
+        state.engine = engine
+        logger.info("ready: serving %s", engine.model_name)
+
+
+
+def create_app(
+    settings: Settings, loader: EngineLoader = _default_loader, on_load_failure: Callable[[], None] | None = None
+) -> FastAPI:
+    """The app for `settings`; the model loads in a background thread so /health answers 503 meanwhile.
+
+    `on_load_failure` runs on the event loop when loading fails (the CLI uses it to exit instead of serving 503s).
+    """
+    state = ServerState(settings=settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loop = asyncio.get_running_loop()
+        thread = threading.Thread(
+            target=_load_in_background, args=(state, loader, loop, on_load_failure), name="model-loader", daemon=True
+        )
+        thread.start()
+        yield
+        if state.engine is not None:
+            await asyncio.to_thread(state.engine.shutdown)
+
+    app = FastAPI(title="Qwen3-4B API", version=__version__, lifespan=lifespan)
+    app.state.server = state
+    install_error_handlers(app)
+    app.include_router(native.router)
+    return app

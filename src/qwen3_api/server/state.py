@@ -1,0 +1,41 @@
+"""The server's view of the engine: not loaded yet, loaded, or failed to load."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from fastapi import Request
+
+from qwen3_api.config import Settings
+from qwen3_api.errors import ModelNotReadyError
+
+if TYPE_CHECKING:  # the engine module is loaded lazily in the background, never at import time
+    from qwen3_api.engine.async_engine import AsyncEngine
+
+
+@dataclass
+class ServerState:
+    """Shared by all routes through `app.state.server`."""
+
+    settings: Settings
+    engine: AsyncEngine | None = None
+    load_error: str | None = None
+
+    @property
+    def model_name(self) -> str:
+        return self.engine.model_name if self.engine is not None else self.settings.model
+
+
+def server_state(request: Request) -> ServerState:
+    """Dependency: the server state."""
+    state: ServerState = request.app.state.server
+    return state
+
+
+def ready_engine(request: Request) -> AsyncEngine:
+    """Dependency: the loaded engine, or 503 while it is loading or if loading failed."""
+    engine = server_state(request).engine
+    if engine is None:
+        raise ModelNotReadyError("Model or tokenizer not loaded")
+    return engine

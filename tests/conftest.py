@@ -1,0 +1,93 @@
+"""Shared fixtures: locally built test models and real server processes on free ports."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+
+from qwen3_api.testing.models import cached_test_model
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir() -> Path:
+    """The tiny random-weight Qwen3 with the real tokenizer (built once, cached)."""
+    return cached_test_model("tiny")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class ServerProcess:
+    """A running `qwen3-api serve` process."""
+
+    url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def start_server(model: str, log_path: Path, *args: str, wait_healthy: bool = True, timeout: float = 180) -> ServerProcess:
+    """Start the real server process on a free port; wait until /health says healthy."""
+    port = free_port()
+    command = [sys.executable, "-m", "qwen3_api.cli", "serve", "--model", model, "--port", str(port), *args]
+    log = log_path.open("wb")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT)
+    server = ServerProcess(f"http://127.0.0.1:{port}", process, log_path)
+    if wait_healthy:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"server exited with {process.returncode}:\n{server.log()}")
+            try:
+                if requests.get(f"{server.url}/health", timeout=2).status_code == 200:
+                    return server
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.2)
+        stop_server(server)
+        raise RuntimeError(f"server not healthy after {timeout} s:\n{server.log()}")
+    return server
+
+
+def stop_server(server: ServerProcess) -> None:
+    if server.process.poll() is None:
+        server.process.terminate()
+        try:
+            server.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.process.kill()
+            server.process.wait()
+
+
+SERVED_BACKENDS = ["reference"]
+MAX_MODEL_LEN = 2048
+
+
+@pytest.fixture(scope="session", params=SERVED_BACKENDS)
+def server(request: pytest.FixtureRequest, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """The tiny model served by each backend in turn (the end-to-end tests run against all of them)."""
+    backend = request.param
+    log_path = tmp_path_factory.mktemp("logs") / f"{backend}.log"
+    server = start_server(
+        str(tiny_model_dir), log_path, "--backend", backend, "--max-model-len", str(MAX_MODEL_LEN)
+    )
+    yield server
+    stop_server(server)
