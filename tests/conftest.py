@@ -77,7 +77,7 @@ def stop_server(server: ServerProcess) -> None:
             server.process.wait()
 
 
-SERVED_BACKENDS = ["reference"]
+SERVED_BACKENDS = ["torch", "reference"]
 MAX_MODEL_LEN = 2048
 
 

@@ -47,8 +47,8 @@ def choose_runtime(settings: Settings) -> RuntimeChoice:
         reasons.append(f"dtype {dtype} ({'native on GPUs' if device == 'cuda' else 'fastest batched CPU matmuls'})")
     backend = settings.backend
     if backend == "auto":
-        backend = "reference"
-        reasons.append("backend reference")
+        backend = "torch"
+        reasons.append("backend torch (continuous batching)")
     return RuntimeChoice(device, dtype, backend, "; ".join(reasons) or "as configured")
 
 

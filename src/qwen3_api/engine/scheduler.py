@@ -114,6 +114,7 @@ class Scheduler:
         self._running: list[Sequence] = []  # in admission order: preemption takes from the end
         self._requests: dict[str, Sequence] = {}  # every unfinished sequence, waiting or running
         self._finished_ids: list[str] = []
+        self.num_preemptions = 0  # since start, for stats and tests
 
     @property
     def num_waiting(self) -> int:
@@ -286,6 +287,7 @@ class Scheduler:
         seq.status = SequenceStatus.WAITING
         seq.num_computed_tokens = 0
         seq.num_preemptions += 1
+        self.num_preemptions += 1
         self._waiting.appendleft(seq)
         preempted.append(seq)
         logger.info(
