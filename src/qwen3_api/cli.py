@@ -9,6 +9,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from qwen3_api.bench.cli import bench_command
 from qwen3_api.config import Settings
 
 app = typer.Typer(help="Serve Qwen3 models: the original /generate API on our own batching engine.", no_args_is_help=True)
@@ -95,6 +96,9 @@ def make_test_model(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
     typer.echo(f"wrote {shape} test model to {path}")
+
+
+app.command("bench")(bench_command)
 
 
 if __name__ == "__main__":
