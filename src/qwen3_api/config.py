@@ -28,7 +28,10 @@ class Settings(BaseSettings):
     max_num_seqs: int = Field(16, ge=1, le=1024, description="most sequences decoded together in one step")
     max_num_batched_tokens: int = Field(512, ge=16, description="token budget of one engine step (chunked prefill)")
     block_size: int = Field(16, ge=1, le=256, description="tokens per KV cache block")
-    kv_cache_memory: float = Field(1.0, gt=0, description="KV cache budget in GiB")
+    kv_cache_memory: float | None = Field(
+        None, gt=0, description="KV cache budget in GiB; default 1 GiB on CPU, kv_cache_fraction of free GPU memory"
+    )
+    kv_cache_fraction: float = Field(0.85, gt=0, lt=1, description="share of free GPU memory for the KV cache")
     max_model_len: int | None = Field(None, ge=16, description="context limit; default from the model config")
     enable_prefix_caching: bool = Field(True, description="reuse KV blocks of repeated prompt prefixes")
     max_num_return_sequences: int = Field(8, ge=1, le=64, description="cap of num_return_sequences / n")

@@ -3,6 +3,7 @@ preemption, seeded sampling, and stop handling — all in float32 on random-weig
 
 from __future__ import annotations
 
+import functools
 import random
 from pathlib import Path
 
@@ -14,7 +15,8 @@ from qwen3_api.config import Settings
 from qwen3_api.engine.llm_engine import LLMEngine, build_llm_engine
 from qwen3_api.engine.outputs import FinishReason
 from qwen3_api.engine.sampling import SamplingParams
-from qwen3_api.testing.models import END_TOKEN_IDS, cached_test_model
+from qwen3_api.engine.tokenizer import Tokenizer
+from qwen3_api.testing.models import cached_test_model
 
 NEAR_TIE = 1e-4
 
@@ -38,8 +40,13 @@ def hf_model(model_dir: Path):  # type: ignore[no-untyped-def]
 def make_engine(model_dir: Path, **overrides: object) -> LLMEngine:
     settings = Settings(model=str(model_dir), **{"max_model_len": 1024, "kv_cache_memory": 0.25, **overrides})
     return build_llm_engine(
-        settings, model_dir, torch.device("cpu"), torch.float32, END_TOKEN_IDS, settings.max_model_len or 1024
+        settings, model_dir, torch.device("cpu"), torch.float32, tokenizer_of(model_dir), settings.max_model_len or 1024
     )
+
+
+@functools.cache
+def tokenizer_of(model_dir: Path) -> Tokenizer:
+    return Tokenizer(model_dir)
 
 
 def run(engine: LLMEngine, requests: dict[str, tuple[list[int], SamplingParams]], **group: str) -> dict[str, list[int]]:

@@ -7,6 +7,8 @@
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
@@ -15,10 +17,14 @@ from qwen3_api.config import Settings
 from qwen3_api.engine.kv_cache import KVCacheManager
 from qwen3_api.engine.outputs import CoreOutput, FinishReason
 from qwen3_api.engine.sampling import SamplingParams
+from qwen3_api.engine.tokenizer import Tokenizer
+from qwen3_api.errors import InvalidRequestError, ModelLoadError
 from qwen3_api.engine.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
 from qwen3_api.engine.sequence import Sequence
+from qwen3_api.engine.structured import GrammarCompiler, GrammarMatcher
 from qwen3_api.executors.model_runner import BatchEntry, TorchModelRunner
 from qwen3_api.executors.sampler import Sampler, SamplingRow
+from qwen3_api.executors.structured_mask import apply_structured_masks
 from qwen3_api.models.weights import load_model
 
 logger = logging.getLogger(__name__)
@@ -27,24 +33,66 @@ logger = logging.getLogger(__name__)
 class LLMEngine:
     """EngineCore with continuous batching over a paged KV cache (see `EngineCore` for the contract)."""
 
-    def __init__(self, scheduler: Scheduler, runner: TorchModelRunner, sampler: Sampler) -> None:
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        runner: TorchModelRunner,
+        sampler: Sampler,
+        grammar_compiler: Callable[[], GrammarCompiler] | None = None,
+    ) -> None:
         self.scheduler = scheduler
         self.runner = runner
         self.sampler = sampler
         self.max_model_len = scheduler.config.max_model_len
+        self._make_compiler = grammar_compiler
+        self._compiler: GrammarCompiler | None = None
+        self._compiler_ready = threading.Event()
+        if grammar_compiler is not None:
+            # Building the grammar tokenizer takes seconds: do it now, in the background, not on a first request.
+            threading.Thread(target=self._build_compiler, name="grammar-compiler", daemon=True).start()
+        self._matchers: dict[str, GrammarMatcher] = {}  # requests with structured output
         self._arrivals = 0
         self.num_steps = 0
 
     def add_request(
         self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, prefix_group: str | None = None
     ) -> None:
+        if params.structured is not None:
+            compiler = self._grammar_compiler()
+            self._matchers[request_id] = compiler.matcher(compiler.compile(params.structured))
         self._arrivals += 1
         seq = Sequence(request_id, list(prompt_token_ids), params, self._arrivals, prefix_group)
-        self.scheduler.add(seq)
+        try:
+            self.scheduler.add(seq)
+        except Exception:
+            self._matchers.pop(request_id, None)
+            raise
+
+    def _build_compiler(self) -> None:
+        try:
+            if self._make_compiler is not None:
+                self._compiler = self._make_compiler()
+        except Exception:
+            logger.exception("structured output is unavailable: building the grammar compiler failed")
+        finally:
+            self._compiler_ready.set()
+
+    def _grammar_compiler(self) -> GrammarCompiler:
+        if self._make_compiler is not None:
+            self._compiler_ready.wait()
+        if self._compiler is None:
+            raise InvalidRequestError("structured output is not available on this engine", "response_format")
+        return self._compiler
 
     def abort_request(self, request_id: str) -> None:
         if self.scheduler.abort(request_id) is not None:
-            self.sampler.release([request_id])
+            self._release([request_id])
+
+    def _release(self, request_ids: Iterable[str]) -> None:
+        ids = list(request_ids)
+        self.sampler.release(ids)
+        for request_id in ids:
+            self._matchers.pop(request_id, None)
 
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.has_unfinished()
@@ -64,20 +112,28 @@ class LLMEngine:
     def shutdown(self) -> None:
         """Nothing to join: the runner and sampler hold only memory."""
 
+    @torch.inference_mode()
     def step(self) -> list[CoreOutput]:
         out = self.scheduler.schedule()
-        self.sampler.release(out.finished_request_ids)
+        self._release(out.finished_request_ids)
         if not out.chunks:
             return []
         self.num_steps += 1
         logits = self.runner.forward(self._batch(out))  # [sampling chunks, V]
         sampling = [chunk.seq for chunk in out.chunks if chunk.samples]
+        if self._matchers:
+            apply_structured_masks(logits, [self._matchers.get(s.request_id) for s in sampling])
         rows = [SamplingRow(s.request_id, s.params, s.prompt_token_ids, s.output_token_ids) for s in sampling]
         picked = self.sampler.sample(logits, rows)
+        for seq, pick in zip(sampling, picked, strict=True):
+            matcher = self._matchers.get(seq.request_id)
+            if matcher is not None and not matcher.accept(pick.token_id):
+                # Cannot happen with masked logits; if it does, the mask now allows only end tokens.
+                logger.error("request %s: grammar rejected token %d: %s", seq.request_id, pick.token_id, matcher.error)
         finished = self.scheduler.update(out, {s.request_id: p.token_id for s, p in zip(sampling, picked, strict=True)})
         finished_ids = {s.request_id for s in finished}
         if finished_ids:
-            self.sampler.release(finished_ids)
+            self._release(finished_ids)
         outputs = []
         for seq, pick in zip(sampling, picked, strict=True):
             done = seq.request_id in finished_ids
@@ -104,25 +160,37 @@ class LLMEngine:
         return entries
 
 
+CPU_DEFAULT_KV_GIB = 1.0
+
+
+def kv_cache_budget_gib(settings: Settings, device: torch.device) -> float:
+    """The KV cache budget: explicit GiB, else a share of free GPU memory (after the weights), else 1 GiB on CPU."""
+    if settings.kv_cache_memory is not None:
+        return settings.kv_cache_memory
+    if device.type == "cuda":
+        free_bytes, _ = torch.cuda.mem_get_info(device)
+        return settings.kv_cache_fraction * free_bytes / 2**30
+    return CPU_DEFAULT_KV_GIB
+
+
 def build_llm_engine(
     settings: Settings,
     model_dir: Path,
     device: torch.device,
     dtype: torch.dtype,
-    eos_token_ids: tuple[int, ...],
+    tokenizer: Tokenizer,
     max_model_len: int,
 ) -> LLMEngine:
     """Load the model, size the KV cache from `--kv-cache-memory`, and wire scheduler, runner and sampler."""
     model = load_model(model_dir, dtype=dtype, device=device)
     block_size = settings.block_size
-    num_blocks = TorchModelRunner.num_blocks_for_budget(model.config, dtype, block_size, settings.kv_cache_memory)
+    budget = kv_cache_budget_gib(settings, device)
+    num_blocks = TorchModelRunner.num_blocks_for_budget(model.config, dtype, block_size, budget)
     capacity = num_blocks * block_size
     if capacity < max_model_len:
         if capacity < block_size * 2:
-            from qwen3_api.errors import ModelLoadError
-
             raise ModelLoadError(
-                f"--kv-cache-memory {settings.kv_cache_memory} GiB holds only {capacity} tokens; give it more"
+                f"a KV cache of {budget:.2f} GiB holds only {capacity} tokens; raise --kv-cache-memory"
             )
         logger.warning(
             "the KV cache holds %d tokens, fewer than the context length %d: max_model_len lowered to %d",
@@ -130,7 +198,7 @@ def build_llm_engine(
         )  # fmt: skip
         max_model_len = capacity
     logger.info(
-        "KV cache budget %.2f GiB = %d blocks of %d tokens = %d tokens", settings.kv_cache_memory, num_blocks,
+        "KV cache budget %.2f GiB = %d blocks of %d tokens = %d tokens", budget, num_blocks,
         block_size, capacity,
     )  # fmt: skip
     runner = TorchModelRunner(model, dtype=dtype, device=device, num_blocks=num_blocks, block_size=block_size)
@@ -139,7 +207,11 @@ def build_llm_engine(
         max_num_batched_tokens=max(settings.max_num_batched_tokens, settings.max_num_seqs),
         block_size=block_size,
         max_model_len=max_model_len,
-        eos_token_ids=eos_token_ids,
+        eos_token_ids=tokenizer.eos_token_ids,
     )
     kv = KVCacheManager(num_blocks, block_size, enable_prefix_caching=settings.enable_prefix_caching)
-    return LLMEngine(Scheduler(config, kv), runner, Sampler())
+
+    def grammar_compiler() -> GrammarCompiler:
+        return GrammarCompiler(tokenizer.hf, model.config.vocab_size, tokenizer.eos_token_ids)
+
+    return LLMEngine(Scheduler(config, kv), runner, Sampler(), grammar_compiler)

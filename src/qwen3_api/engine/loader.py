@@ -78,6 +78,6 @@ def load_engine(settings: Settings) -> AsyncEngine:
     else:
         from qwen3_api.engine.llm_engine import build_llm_engine
 
-        core = build_llm_engine(settings, model_dir, device, dtype, tokenizer.eos_token_ids, max_len)
+        core = build_llm_engine(settings, model_dir, device, dtype, tokenizer, max_len)
     logger.info("model loaded in %.1f s (max_model_len %d)", time.perf_counter() - started, core.max_model_len)
     return AsyncEngine(core, tokenizer, model_name, max_queued_requests=settings.max_queued_requests)
