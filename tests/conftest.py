@@ -81,13 +81,39 @@ SERVED_BACKENDS = ["torch", "reference"]
 MAX_MODEL_LEN = 2048
 
 
+class ServerPool:
+    """Servers started on demand and shared by the whole session, keyed by model and arguments."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.servers: dict[tuple[str, ...], ServerProcess] = {}
+
+    def get(self, model: str, *args: str) -> ServerProcess:
+        key = (model, *args)
+        if key not in self.servers:
+            log_path = self.log_dir / f"server-{len(self.servers)}.log"
+            self.servers[key] = start_server(model, log_path, "--max-model-len", str(MAX_MODEL_LEN), *args)
+        return self.servers[key]
+
+    def stop_all(self) -> None:
+        for server in self.servers.values():
+            stop_server(server)
+
+
+@pytest.fixture(scope="session")
+def server_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPool]:
+    pool = ServerPool(tmp_path_factory.mktemp("server-logs"))
+    yield pool
+    pool.stop_all()
+
+
 @pytest.fixture(scope="session", params=SERVED_BACKENDS)
-def server(request: pytest.FixtureRequest, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """The tiny model served by each backend in turn (the end-to-end tests run against all of them)."""
-    backend = request.param
-    log_path = tmp_path_factory.mktemp("logs") / f"{backend}.log"
-    server = start_server(
-        str(tiny_model_dir), log_path, "--backend", backend, "--max-model-len", str(MAX_MODEL_LEN)
-    )
-    yield server
-    stop_server(server)
+def server(request: pytest.FixtureRequest, tiny_model_dir: Path, server_pool: ServerPool) -> ServerProcess:
+    """The tiny model served by each backend in turn (the original-API tests run against all of them)."""
+    return server_pool.get(str(tiny_model_dir), "--backend", request.param)
+
+
+@pytest.fixture(scope="session")
+def torch_server(tiny_model_dir: Path, server_pool: ServerPool) -> ServerProcess:
+    """The tiny model on our engine (the OpenAI API tests use features only it has)."""
+    return server_pool.get(str(tiny_model_dir), "--backend", "torch")

@@ -31,6 +31,10 @@ class ContextLengthExceededError(InvalidRequestError):
         self.max_model_len = max_model_len
 
 
+class ModelNotFoundError(InvalidRequestError):
+    """The request names a model this server does not serve."""
+
+
 class ModelNotReadyError(Qwen3APIError):
     """The model or tokenizer is not loaded (still loading, or loading failed)."""
 

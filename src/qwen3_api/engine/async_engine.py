@@ -164,24 +164,33 @@ class AsyncEngine:
             if not finished:
                 self._submit(_Command("abort", request_id))
 
+    def generate_siblings(
+        self, prompt_token_ids: list[int], params: SamplingParams, n: int, max_tokens_param: str = "max_tokens"
+    ) -> list[AsyncIterator[RequestOutput]]:
+        """Streams of `n` sequences from one prompt; they share its KV blocks, and sibling i uses seed + i."""
+        self.check_request(prompt_token_ids, params, max_tokens_param)
+        group = uuid.uuid4().hex
+        return [
+            self.generate(
+                prompt_token_ids,
+                dataclasses.replace(params, seed=None if params.seed is None else params.seed + i),
+                f"{group}-{i}",
+                group if n > 1 else None,
+                max_tokens_param,
+            )
+            for i in range(n)
+        ]
+
     async def generate_n(
         self, prompt_token_ids: list[int], params: SamplingParams, n: int, max_tokens_param: str = "max_tokens"
     ) -> list[FinalOutput]:
-        """Run `n` sequences from one prompt (sharing its KV blocks) and collect their final outputs."""
-        self.check_request(prompt_token_ids, params, max_tokens_param)
-        group = uuid.uuid4().hex
-        sibling_params = [
-            dataclasses.replace(params, seed=None if params.seed is None else params.seed + i) for i in range(n)
-        ]
-        async with asyncio.TaskGroup() as tasks:
-            futures = [
-                tasks.create_task(
-                    self.collect(
-                        self.generate(prompt_token_ids, p, f"{group}-{i}", group if n > 1 else None, max_tokens_param)
-                    )
-                )
-                for i, p in enumerate(sibling_params)
-            ]
+        """Run `n` sequences from one prompt and collect their final outputs (the first error is raised)."""
+        streams = self.generate_siblings(prompt_token_ids, params, n, max_tokens_param)
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                futures = [tasks.create_task(self.collect(stream)) for stream in streams]
+        except BaseExceptionGroup as group:
+            raise _first_leaf(group) from None
         return [f.result() for f in futures]
 
     @staticmethod
@@ -306,3 +315,8 @@ class AsyncEngine:
             self._states.pop(request_id, None)
             self._deliver(state, EngineError(str(exc) or type(exc).__name__))
 
+
+
+def _first_leaf(group: BaseExceptionGroup) -> BaseException:  # type: ignore[type-arg]
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from qwen3_api.errors import InvalidRequestError
+
+if TYPE_CHECKING:
+    from qwen3_api.engine.structured import StructuredOutput
 
 MAX_TOP_LOGPROBS = 20
 
@@ -38,6 +42,7 @@ class SamplingParams:
     logprobs: int | None = None
     logit_bias: tuple[tuple[int, float], ...] = field(default=())
     skip_special_tokens: bool = True
+    structured: StructuredOutput | None = None  # a grammar the output must follow (JSON, forced tool calls)
 
     def __post_init__(self) -> None:
         for name in ("temperature", "top_p", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty"):

@@ -12,6 +12,22 @@ from qwen3_api.errors import InvalidRequestError
 CHATML_MARKER = "<|im_start|>"
 
 
+def _byte_level_alphabet() -> dict[str, int]:
+    """Byte-level BPE's printable stand-in character for each byte value, inverted (character -> byte)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars = list(printable)
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            chars.append(256 + extra)
+            extra += 1
+    return {chr(c): b for b, c in zip(printable, chars, strict=True)}
+
+
+BYTE_OF_CHAR = _byte_level_alphabet()
+
+
 @dataclass(frozen=True)
 class GenerationDefaults:
     """What the model's generation_config.json says: end tokens and sampling defaults."""
@@ -45,6 +61,9 @@ class Tokenizer:
         fallback = tuple(i for i in (self.hf.convert_tokens_to_ids("<|im_end|>"), self.hf.eos_token_id) if i is not None)
         self.generation = GenerationDefaults.from_dir(model_dir, fallback)
         self.vocab_size = len(self.hf)
+        self._added_ids = set(self.hf.added_tokens_decoder)
+        template = self.hf.chat_template if isinstance(self.hf.chat_template, str) else ""
+        self.supports_thinking = "enable_thinking" in template
 
     @property
     def eos_token_ids(self) -> tuple[int, ...]:
@@ -53,6 +72,23 @@ class Tokenizer:
     def encode(self, text: str) -> list[int]:
         """Token ids of `text` verbatim; special-token markers in it become their ids."""
         return list(self.hf.encode(text, add_special_tokens=False))
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The exact bytes a token stands for (added tokens: their text)."""
+        piece = self.hf.convert_ids_to_tokens(token_id)
+        if piece is None:
+            return b""
+        if token_id in self._added_ids:
+            return str(piece).encode()
+        return bytes(BYTE_OF_CHAR.get(ch, 0) for ch in piece)
+
+    def token_text(self, token_id: int) -> str:
+        """A token as text for logprobs; incomplete UTF-8 shows as bytes:\\xNN like OpenAI."""
+        raw = self.token_bytes(token_id)
+        try:
+            return raw.decode()
+        except UnicodeDecodeError:
+            return "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
 
     def decode(self, token_ids: list[int], skip_special_tokens: bool = True) -> str:
         return str(self.hf.decode(token_ids, skip_special_tokens=skip_special_tokens))

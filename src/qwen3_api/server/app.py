@@ -16,6 +16,7 @@ from qwen3_api.config import Settings
 from qwen3_api.errors import Qwen3APIError
 from qwen3_api.server import native
 from qwen3_api.server.errors import install_error_handlers
+from qwen3_api.server.openai import router as openai_router
 from qwen3_api.server.state import ServerState
 
 if TYPE_CHECKING:
@@ -86,4 +87,5 @@ def create_app(
     app.state.server = state
     install_error_handlers(app)
     app.include_router(native.router)
+    app.include_router(openai_router.router)
     return app

@@ -1,17 +1,24 @@
-"""Map the project's error hierarchy to HTTP responses, in one place."""
+"""Map the project's error hierarchy to HTTP responses, in one place.
+
+The original API answers bad input with 422 and FastAPI-style bodies; the OpenAI API (paths under /v1) answers
+with 400 and OpenAI's error body `{"error": {"message", "type", "param", "code"}}`.
+"""
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from qwen3_api.errors import (
+    ContextLengthExceededError,
     EngineError,
     EngineOverloadedError,
     InvalidRequestError,
+    ModelNotFoundError,
     ModelNotReadyError,
     Qwen3APIError,
 )
@@ -19,8 +26,43 @@ from qwen3_api.errors import (
 logger = logging.getLogger(__name__)
 
 
+def is_openai_path(request: Request) -> bool:
+    return request.url.path.startswith("/v1")
+
+
+def status_of(exc: Qwen3APIError, openai: bool) -> int:
+    """HTTP status for one of our errors."""
+    if isinstance(exc, ModelNotFoundError):
+        return 404
+    if isinstance(exc, InvalidRequestError):
+        return 400 if openai else 422
+    if isinstance(exc, (ModelNotReadyError, EngineOverloadedError)):
+        return 503
+    return 500
+
+
+def openai_error_body(exc: Qwen3APIError) -> dict[str, Any]:
+    """OpenAI's error body for one of our errors."""
+    code: str | None = None
+    kind = "server_error"
+    param = getattr(exc, "param", None)
+    message = str(exc)
+    if isinstance(exc, ModelNotFoundError):
+        kind, code = "invalid_request_error", "model_not_found"
+    elif isinstance(exc, ContextLengthExceededError):
+        kind, code = "invalid_request_error", "context_length_exceeded"
+    elif isinstance(exc, InvalidRequestError):
+        kind = "invalid_request_error"
+    elif isinstance(exc, ModelNotReadyError):
+        kind, message = "service_unavailable", "Model or tokenizer not loaded"
+    elif isinstance(exc, EngineOverloadedError):
+        kind = "service_unavailable"
+    elif isinstance(exc, EngineError):
+        message = f"Generation failed: {exc}"
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
 def _native_body(exc: Qwen3APIError) -> dict[str, object]:
-    """The original API's bodies: FastAPI-style validation details for bad input, `detail` strings otherwise."""
     if isinstance(exc, InvalidRequestError):
         loc = ["body", exc.param] if exc.param else ["body"]
         return {"detail": [{"loc": loc, "msg": exc.message, "type": "value_error"}]}
@@ -31,36 +73,44 @@ def _native_body(exc: Qwen3APIError) -> dict[str, object]:
     return {"detail": str(exc)}
 
 
-def status_of(exc: Qwen3APIError, native: bool) -> int:
-    """HTTP status for an error: the original API answers bad input with 422, the OpenAI API with 400."""
-    if isinstance(exc, InvalidRequestError):
-        return 422 if native else 400
-    if isinstance(exc, (ModelNotReadyError, EngineOverloadedError)):
-        return 503
-    return 500
-
-
 async def _handle(request: Request, exc: Exception) -> JSONResponse:
     if not isinstance(exc, Qwen3APIError):  # registered only for Qwen3APIError; kept total for type checkers
         exc = EngineError(str(exc))
-    status = status_of(exc, native=not request.url.path.startswith("/v1"))
+    openai = is_openai_path(request)
+    status = status_of(exc, openai)
     if status >= 500:
         logger.warning("%s %s -> %d: %s", request.method, request.url.path, status, exc)
     headers = {"Retry-After": "1"} if isinstance(exc, EngineOverloadedError) else None
-    return JSONResponse(_native_body(exc), status_code=status, headers=headers)
+    body = openai_error_body(exc) if openai else _native_body(exc)
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
-def _clean_validation_error(error: dict[str, object]) -> dict[str, object]:
+def _clean_validation_error(error: dict[str, Any]) -> dict[str, Any]:
     """A validation error without the offending input echoed back: it may be NaN/Infinity, which JSON cannot carry."""
     cleaned = {k: v for k, v in error.items() if k not in ("input", "ctx", "url")}
     if isinstance(error.get("ctx"), dict):
-        cleaned["ctx"] = {k: str(v) for k, v in error["ctx"].items()}  # type: ignore[union-attr]
+        cleaned["ctx"] = {k: str(v) for k, v in error["ctx"].items()}
     return cleaned
 
 
+def _openai_validation_body(errors: list[dict[str, Any]]) -> dict[str, Any]:
+    first = errors[0] if errors else {"loc": ("body",), "msg": "invalid request", "type": "value_error"}
+    path = [str(p) for p in first.get("loc", ()) if p != "body"]
+    param = ".".join(path) or None
+    if first.get("type") == "extra_forbidden":
+        message = f"Unsupported parameter: '{param}' is not supported by this server"
+    elif first.get("type") == "json_invalid":
+        message = "The request body is not valid JSON"
+    else:
+        message = f"Invalid value for '{param}': {first.get('msg')}" if param else str(first.get("msg"))
+    return {"error": {"message": message, "type": "invalid_request_error", "param": param, "code": None}}
+
+
 async def _handle_validation(request: Request, exc: Exception) -> JSONResponse:
-    errors = exc.errors() if isinstance(exc, RequestValidationError) else []
-    return JSONResponse({"detail": [_clean_validation_error(dict(e)) for e in errors]}, status_code=422)
+    errors = [dict(e) for e in exc.errors()] if isinstance(exc, RequestValidationError) else []
+    if is_openai_path(request):
+        return JSONResponse(_openai_validation_body(errors), status_code=400)
+    return JSONResponse({"detail": [_clean_validation_error(e) for e in errors]}, status_code=422)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Annotated
+from collections.abc import AsyncIterator
+from typing import Annotated
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import StreamingResponse
 
 from qwen3_api import __version__
+from qwen3_api.engine.async_engine import AsyncEngine
+from qwen3_api.engine.outputs import RequestOutput
 from qwen3_api.engine.sampling import SamplingParams
 from qwen3_api.errors import EngineError, InvalidRequestError, ModelNotReadyError, Qwen3APIError
+from qwen3_api.server.disconnect import until_disconnected
 from qwen3_api.server.native_protocol import (
     GenerateRequest,
     GenerateResponse,
@@ -18,9 +23,8 @@ from qwen3_api.server.native_protocol import (
     RootResponse,
 )
 from qwen3_api.server.state import ServerState, ready_engine, server_state
+from qwen3_api.server.streams import DONE, merge, sse
 
-if TYPE_CHECKING:
-    from qwen3_api.engine.async_engine import AsyncEngine
 
 logger = logging.getLogger(__name__)
 router = APIRouter()
@@ -45,15 +49,33 @@ def to_sampling_params(request: GenerateRequest) -> SamplingParams:
         temperature=request.temperature,
         top_p=request.top_p,
         top_k=request.top_k,
+        seed=request.seed,
+        ignore_eos=request.ignore_eos,
     )
 
 
-@router.post("/generate", response_model=GenerateResponse)
+async def _stream_events(streams: list[AsyncIterator[RequestOutput]]) -> AsyncIterator[str]:
+    """SSE: {"index", "text"} deltas, then per sequence {"index", "finish_reason", token counts}, then [DONE]."""
+    try:
+        async for index, out in merge(streams):
+            if out.new_text:
+                yield sse({"index": index, "text": out.new_text})
+            if out.finished and out.finish_reason is not None:
+                yield sse({"index": index, "finish_reason": out.finish_reason.value,
+                           "prompt_tokens": out.prompt_tokens, "completion_tokens": out.completion_tokens})  # fmt: skip
+    except Exception as exc:  # the stream has begun: end it with an error event, never hang
+        message = str(exc) if isinstance(exc, Qwen3APIError) else f"Generation failed: {exc}"
+        yield sse({"error": message})
+    yield DONE
+
+
+@router.post("/generate", response_model=None, responses={200: {"model": GenerateResponse}})
 async def generate(
     request: GenerateRequest,
-    engine: Annotated["AsyncEngine", Depends(ready_engine)],
+    http_request: Request,
+    engine: Annotated[AsyncEngine, Depends(ready_engine)],
     state: Annotated[ServerState, Depends(server_state)],
-) -> GenerateResponse:
+) -> GenerateResponse | StreamingResponse:
     cap = state.settings.max_num_return_sequences
     if request.num_return_sequences > cap:
         raise InvalidRequestError(
@@ -62,16 +84,18 @@ async def generate(
         )
     prompt_ids = engine.tokenizer.prompt_token_ids(request.prompt, raw=request.raw)
     params = to_sampling_params(request)
+    if request.stream:
+        streams = engine.generate_siblings(prompt_ids, params, request.num_return_sequences, "max_length")
+        return StreamingResponse(_stream_events(streams), media_type="text/event-stream")
     try:
-        outputs = await engine.generate_n(
-            prompt_ids, params, request.num_return_sequences, max_tokens_param="max_length"
-        )
-    except* Qwen3APIError as group:
-        raise group.exceptions[0] from None
-    except* Exception as group:
-        logger.exception("generation failed", exc_info=group.exceptions[0])
-        raise EngineError(str(group.exceptions[0]) or type(group.exceptions[0]).__name__) from None
+        work = engine.generate_n(prompt_ids, params, request.num_return_sequences, "max_length")
+        outputs = await until_disconnected(http_request, work)
+    except Qwen3APIError:
+        raise
+    except Exception as exc:
+        logger.exception("generation failed")
+        raise EngineError(str(exc) or type(exc).__name__) from exc
     return GenerateResponse(
         generated_texts=[o.text for o in outputs],
-        parameters=GenerationParameters(**request.model_dump(exclude={"raw"})),
+        parameters=GenerationParameters(**request.model_dump(include=set(GenerationParameters.model_fields))),
     )

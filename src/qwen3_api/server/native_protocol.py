@@ -17,6 +17,9 @@ class GenerateRequest(BaseModel):
     top_k: int = Field(50, ge=0, description="0 disables top-k")
     num_return_sequences: int = Field(1, ge=1)
     raw: bool = Field(False, description="use the prompt verbatim, without the chat template")
+    stream: bool = Field(False, description="stream server-sent events of text deltas")
+    seed: int | None = Field(None, description="makes sampling reproducible; sequence i uses seed + i")
+    ignore_eos: bool = Field(False, description="keep generating past end tokens (benchmarks)")
 
     @field_validator("prompt")
     @classmethod

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from fastapi import Request
 
 from qwen3_api.config import Settings
+from qwen3_api.engine.async_engine import AsyncEngine
 from qwen3_api.errors import ModelNotReadyError
 
-if TYPE_CHECKING:  # the engine module is loaded lazily in the background, never at import time
-    from qwen3_api.engine.async_engine import AsyncEngine
 
 
 @dataclass
