@@ -23,6 +23,7 @@ from qwen3_api.engine.scheduler import Scheduler, SchedulerConfig, SchedulerOutp
 from qwen3_api.engine.sequence import Sequence
 from qwen3_api.engine.structured import GrammarCompiler, GrammarMatcher
 from qwen3_api.executors.model_runner import BatchEntry, TorchModelRunner
+from qwen3_api.executors.runner import ModelRunner
 from qwen3_api.executors.sampler import Sampler, SamplingRow
 from qwen3_api.executors.structured_mask import apply_structured_masks
 from qwen3_api.models.weights import load_model
@@ -36,7 +37,7 @@ class LLMEngine:
     def __init__(
         self,
         scheduler: Scheduler,
-        runner: TorchModelRunner,
+        runner: ModelRunner,
         sampler: Sampler,
         grammar_compiler: Callable[[], GrammarCompiler] | None = None,
     ) -> None:
@@ -91,6 +92,7 @@ class LLMEngine:
     def _release(self, request_ids: Iterable[str]) -> None:
         ids = list(request_ids)
         self.sampler.release(ids)
+        self.runner.release(ids)
         for request_id in ids:
             self._matchers.pop(request_id, None)
 
@@ -156,7 +158,7 @@ class LLMEngine:
         for chunk in out.chunks:
             seq, start = chunk.seq, chunk.start_position
             token_ids = [seq.token_id_at(i) for i in range(start, start + chunk.num_new_tokens)]
-            entries.append(BatchEntry(token_ids, start, list(seq.block_table), chunk.samples))
+            entries.append(BatchEntry(token_ids, start, list(seq.block_table), chunk.samples, seq.request_id))
         return entries
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,7 @@ class BatchEntry:
     start_position: int  # absolute position of token_ids[0] (= tokens already in the cache for this sequence)
     block_table: list[int]  # physical block ids covering positions 0..start_position + len(token_ids) - 1
     need_logits: bool
+    request_id: str = ""  # runners that keep per-sequence state (llama.cpp's sequence ids) key it by this
 
 
 class TorchModelRunner:
@@ -80,6 +82,9 @@ class TorchModelRunner:
         """How many blocks of `block_size` tokens fit in `budget_gib` GiB of KV cache."""
         block_bytes = TorchModelRunner.kv_bytes_per_token(config, dtype) * block_size
         return int(budget_gib * 2**30) // block_bytes
+
+    def release(self, request_ids: Iterable[str]) -> None:
+        """Nothing to forget: a sequence's KV lives in blocks the scheduler owns."""
 
     def forward(self, batch: list[BatchEntry]) -> torch.Tensor:
         """Compute the batch's new tokens, store their K/V, and return float32 logits
