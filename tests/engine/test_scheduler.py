@@ -61,7 +61,7 @@ class FakeExecutor:
             seq, start = chunk.seq, chunk.start_position
             assert start == seq.num_computed_tokens
             end = start + chunk.num_new_tokens
-            assert 0 < chunk.num_new_tokens and end <= seq.num_tokens
+            assert chunk.num_new_tokens > 0 and end <= seq.num_tokens
             assert len(seq.block_table) * size >= end, "block table does not cover the chunk"
             for pos in range(start, end):
                 block = self.slots.setdefault(seq.block_table[pos // size], [None] * size)

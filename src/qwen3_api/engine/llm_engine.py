@@ -17,11 +17,11 @@ from qwen3_api.config import Settings
 from qwen3_api.engine.kv_cache import KVCacheManager
 from qwen3_api.engine.outputs import CoreOutput, FinishReason
 from qwen3_api.engine.sampling import SamplingParams
-from qwen3_api.engine.tokenizer import Tokenizer
-from qwen3_api.errors import InvalidRequestError, ModelLoadError
 from qwen3_api.engine.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
 from qwen3_api.engine.sequence import Sequence
 from qwen3_api.engine.structured import GrammarCompiler, GrammarMatcher
+from qwen3_api.engine.tokenizer import Tokenizer
+from qwen3_api.errors import InvalidRequestError, ModelLoadError
 from qwen3_api.executors.model_runner import BatchEntry, TorchModelRunner
 from qwen3_api.executors.runner import ModelRunner
 from qwen3_api.executors.sampler import Sampler, SamplingRow

@@ -25,7 +25,6 @@ from qwen3_api.server.native_protocol import (
 from qwen3_api.server.state import ServerState, ready_engine, server_state
 from qwen3_api.server.streams import DONE, merge, sse
 
-
 logger = logging.getLogger(__name__)
 router = APIRouter()
 

@@ -11,7 +11,6 @@ from qwen3_api.engine.async_engine import AsyncEngine
 from qwen3_api.errors import ModelNotReadyError
 
 
-
 @dataclass
 class ServerState:
     """Shared by all routes through `app.state.server`."""

@@ -22,7 +22,6 @@ from qwen3_api.server.openai.serving_chat import ChatServing, _template_messages
 from qwen3_api.server.openai.serving_completions import CompletionServing
 from qwen3_api.server.state import ServerState, ready_engine, server_state
 
-
 router = APIRouter()
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
