@@ -5,16 +5,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request, Response
 
 from qwen3_api import __version__
 from qwen3_api.config import Settings
 from qwen3_api.errors import Qwen3APIError
-from qwen3_api.server import native
+from qwen3_api.server import metrics, native
 from qwen3_api.server.errors import install_error_handlers
 from qwen3_api.server.openai import router as openai_router
 from qwen3_api.server.state import ServerState
@@ -85,7 +85,18 @@ def create_app(
 
     app = FastAPI(title="Qwen3-4B API", version=__version__, lifespan=lifespan)
     app.state.server = state
+    app.state.metrics = metrics.ServerMetrics(state)
     install_error_handlers(app)
+
+    @app.middleware("http")
+    async def count_requests(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "other")
+        app.state.metrics.requests.labels(route=path, status=str(response.status_code)).inc()
+        return response
+
     app.include_router(native.router)
     app.include_router(openai_router.router)
+    app.include_router(metrics.router)
     return app
