@@ -57,9 +57,9 @@ def start_server(model: str, log_path: Path, *args: str, wait_healthy: bool = Tr
             if process.poll() is not None:
                 raise RuntimeError(f"server exited with {process.returncode}:\n{server.log()}")
             try:
-                if requests.get(f"{server.url}/health", timeout=2).status_code == 200:
+                if requests.get(f"{server.url}/health", timeout=5).status_code == 200:
                     return server
-            except requests.ConnectionError:
+            except requests.RequestException:  # not listening yet, or too busy to answer in time
                 pass
             time.sleep(0.2)
         stop_server(server)

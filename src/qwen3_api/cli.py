@@ -98,6 +98,62 @@ def make_test_model(
     typer.echo(f"wrote {shape} test model to {path}")
 
 
+@app.command()
+def download(
+    model: Annotated[str, typer.Argument(help="HF repo id (or test:<shape>) to fetch into the local cache")],
+) -> None:
+    """Fetch a model into the HF cache ahead of time, so `serve` starts without downloading."""
+    from qwen3_api.errors import ModelLoadError
+    from qwen3_api.models.source import canonical_model_name, resolve_model
+
+    configure_logging("info")
+    try:
+        path = resolve_model(canonical_model_name(model))
+    except ModelLoadError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(f"{model} is at {path}")
+
+
+@app.command()
+def chat(
+    url: Annotated[str, typer.Option(help="server base URL")] = "http://127.0.0.1:2025",
+    system: Annotated[Optional[str], typer.Option(help="system prompt")] = None,
+    thinking: Annotated[Optional[bool], typer.Option("--thinking/--no-thinking", help="Qwen3 thinking mode")] = None,
+    max_tokens: Annotated[int, typer.Option(help="most tokens per answer")] = 1024,
+) -> None:
+    """Chat with a running server in the terminal (/reset clears the conversation, /exit or Ctrl-D quits)."""
+    from rich.console import Console
+
+    from qwen3_api.chat_cli import ChatSession
+
+    console = Console()
+    try:
+        session = ChatSession(url, system, thinking, max_tokens)
+    except Exception as exc:  # connection refused, not our server, ...: one line, no traceback
+        console.print(f"[red]cannot reach a qwen3-api server at {url}: {exc}[/red]")
+        raise typer.Exit(1) from exc
+    console.print(f"[bold]{session.model}[/bold] — /reset clears the conversation, /exit quits")
+    while True:
+        try:
+            text = console.input("[bold green]you> [/bold green]").strip()
+        except (EOFError, KeyboardInterrupt):
+            break
+        if text in ("/exit", "/quit"):
+            break
+        if text == "/reset":
+            session.reset()
+            continue
+        if not text:
+            continue
+        try:
+            for kind, piece in session.ask(text):
+                console.print(piece, end="", style="dim" if kind == "reasoning" else None, markup=False, highlight=False)
+        except (RuntimeError, OSError) as exc:
+            console.print(f"\n[red]error: {exc}[/red]")
+        console.print()
+
+
 app.command("bench")(bench_command)
 
 
