@@ -77,7 +77,12 @@ def stop_server(server: ServerProcess) -> None:
             server.process.wait()
 
 
-SERVED_BACKENDS = ["torch", "reference"]
+# The original-API tests run against each of these: our engine, with int8 weights, and the HF reference.
+SERVED_BACKENDS = {
+    "torch": ("--backend", "torch"),
+    "torch-int8": ("--backend", "torch", "--quantize", "int8"),
+    "reference": ("--backend", "reference"),
+}
 MAX_MODEL_LEN = 2048
 
 
@@ -107,10 +112,10 @@ def server_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPool
     pool.stop_all()
 
 
-@pytest.fixture(scope="session", params=SERVED_BACKENDS)
+@pytest.fixture(scope="session", params=list(SERVED_BACKENDS))
 def server(request: pytest.FixtureRequest, tiny_model_dir: Path, server_pool: ServerPool) -> ServerProcess:
     """The tiny model served by each backend in turn (the original-API tests run against all of them)."""
-    return server_pool.get(str(tiny_model_dir), "--backend", request.param)
+    return server_pool.get(str(tiny_model_dir), *SERVED_BACKENDS[request.param])
 
 
 @pytest.fixture(scope="session")

@@ -40,6 +40,7 @@ def serve(
     device: Annotated[Optional[str], typer.Option(help="auto|cpu|cuda")] = None,
     dtype: Annotated[Optional[str], typer.Option(help="auto|float32|bfloat16|float16")] = None,
     backend: Annotated[Optional[str], typer.Option(help="auto|torch|reference")] = None,
+    quantize: Annotated[Optional[str], typer.Option(help="none|int8 (torch backend)")] = None,
     max_num_seqs: Annotated[Optional[int], typer.Option(help="sequences decoded together")] = None,
     max_num_batched_tokens: Annotated[Optional[int], typer.Option(help="token budget per step")] = None,
     kv_cache_memory: Annotated[Optional[float], typer.Option(help="KV cache budget in GiB")] = None,
@@ -53,7 +54,8 @@ def serve(
     from qwen3_api.server.app import create_app
 
     settings = _settings(
-        model=model, host=host, port=port, device=device, dtype=dtype, backend=backend, max_num_seqs=max_num_seqs,
+        model=model, host=host, port=port, device=device, dtype=dtype, backend=backend, quantize=quantize,
+        max_num_seqs=max_num_seqs,
         max_num_batched_tokens=max_num_batched_tokens, kv_cache_memory=kv_cache_memory, max_model_len=max_model_len,
         max_num_return_sequences=max_num_return_sequences, log_level=log_level,
     )  # fmt: skip

@@ -26,6 +26,7 @@ from qwen3_api.executors.model_runner import BatchEntry, TorchModelRunner
 from qwen3_api.executors.runner import ModelRunner
 from qwen3_api.executors.sampler import Sampler, SamplingRow
 from qwen3_api.executors.structured_mask import apply_structured_masks
+from qwen3_api.models.quantization import quantize_model
 from qwen3_api.models.weights import load_model
 
 logger = logging.getLogger(__name__)
@@ -184,7 +185,11 @@ def build_llm_engine(
     max_model_len: int,
 ) -> LLMEngine:
     """Load the model, size the KV cache from `--kv-cache-memory`, and wire scheduler, runner and sampler."""
-    model = load_model(model_dir, dtype=dtype, device=device)
+    # Qwen3 checkpoints are bfloat16: loading them so is exact and halves the float peak before quantizing.
+    load_dtype = torch.bfloat16 if settings.quantize != "none" and dtype == torch.float32 else dtype
+    model = quantize_model(load_model(model_dir, dtype=load_dtype, device=device), settings.quantize)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()  # give the freed float weights back before sizing the KV cache from free memory
     block_size = settings.block_size
     budget = kv_cache_budget_gib(settings, device)
     num_blocks = TorchModelRunner.num_blocks_for_budget(model.config, dtype, block_size, budget)

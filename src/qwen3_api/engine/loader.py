@@ -11,6 +11,7 @@ from pathlib import Path
 from qwen3_api.config import Settings
 from qwen3_api.engine.async_engine import AsyncEngine
 from qwen3_api.engine.tokenizer import Tokenizer
+from qwen3_api.errors import ModelLoadError
 from qwen3_api.models.source import canonical_model_name, resolve_model
 
 logger = logging.getLogger(__name__)
@@ -36,8 +37,6 @@ def choose_runtime(settings: Settings) -> RuntimeChoice:
         device = "cuda" if torch.cuda.is_available() else "cpu"
         reasons.append(f"device {device} ({'a GPU is available' if device == 'cuda' else 'no GPU found'})")
     elif device == "cuda" and not torch.cuda.is_available():
-        from qwen3_api.errors import ModelLoadError
-
         raise ModelLoadError("--device cuda was asked for, but torch sees no CUDA device")
     dtype = settings.dtype
     if dtype == "auto":
@@ -49,6 +48,8 @@ def choose_runtime(settings: Settings) -> RuntimeChoice:
     if backend == "auto":
         backend = "torch"
         reasons.append("backend torch (continuous batching)")
+    if settings.quantize != "none" and backend != "torch":
+        raise ModelLoadError(f"--quantize {settings.quantize} needs the torch backend, not {backend}")
     return RuntimeChoice(device, dtype, backend, "; ".join(reasons) or "as configured")
 
 
