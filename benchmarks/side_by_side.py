@@ -144,7 +144,7 @@ def server_for(
             command += ["--backend", "reference"]
         else:
             command += [
-                "--backend", "torch", "--max-num-seqs", str(max(max_seqs, 8)), "--kv-cache-memory",
+                "--backend", "torch", "--quantize", "none", "--max-num-seqs", str(max(max_seqs, 8)), "--kv-cache-memory",
                 str(args.kv_cache_gib), "--max-model-len", str(args.max_model_len),
                 "--max-num-batched-tokens", str(args.max_batch_tokens),
             ]  # fmt: skip

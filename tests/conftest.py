@@ -79,7 +79,7 @@ def stop_server(server: ServerProcess) -> None:
 
 # The original-API tests run against each of these: our engine, with int8 weights, and the HF reference.
 SERVED_BACKENDS = {
-    "torch": ("--backend", "torch"),
+    "torch": ("--backend", "torch", "--quantize", "none"),
     "torch-int8": ("--backend", "torch", "--quantize", "int8"),
     "reference": ("--backend", "reference"),
 }

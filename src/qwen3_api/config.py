@@ -12,7 +12,7 @@ DEFAULT_MODEL = "Qwen/Qwen3-4B-Instruct-2507"
 Device = Literal["auto", "cpu", "cuda"]
 DType = Literal["auto", "float32", "bfloat16", "float16"]
 Backend = Literal["auto", "torch", "reference", "llamacpp"]
-Quantization = Literal["none", "int8"]
+Quantization = Literal["auto", "none", "int8"]
 
 
 class Settings(BaseSettings):
@@ -26,7 +26,9 @@ class Settings(BaseSettings):
     device: Device = Field("auto", description="auto picks cuda when available, else cpu")
     dtype: DType = Field("auto", description="auto: bfloat16 on CUDA, float32 on CPU")
     backend: Backend = Field("auto", description="torch: our batching engine; llamacpp: GGUF models; reference: HF generate, one at a time")
-    quantize: Quantization = Field("none", description="int8: weight-only int8 weights, made at load (torch backend)")
+    quantize: Quantization = Field(
+        "auto", description="int8: weight-only int8 weights made at load (torch backend); auto: int8 on CPU, none on GPU"
+    )
     max_num_seqs: int = Field(16, ge=1, le=1024, description="most sequences decoded together in one step")
     max_num_batched_tokens: int = Field(512, ge=16, description="token budget of one engine step (chunked prefill)")
     block_size: int = Field(16, ge=1, le=256, description="tokens per KV cache block")

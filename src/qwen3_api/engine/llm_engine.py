@@ -183,11 +183,12 @@ def build_llm_engine(
     dtype: torch.dtype,
     tokenizer: Tokenizer,
     max_model_len: int,
+    quantize: str = "none",
 ) -> LLMEngine:
     """Load the model, size the KV cache from `--kv-cache-memory`, and wire scheduler, runner and sampler."""
     # Qwen3 checkpoints are bfloat16: loading them so is exact and halves the float peak before quantizing.
-    load_dtype = torch.bfloat16 if settings.quantize != "none" and dtype == torch.float32 else dtype
-    model = quantize_model(load_model(model_dir, dtype=load_dtype, device=device), settings.quantize)
+    load_dtype = torch.bfloat16 if quantize != "none" and dtype == torch.float32 else dtype
+    model = quantize_model(load_model(model_dir, dtype=load_dtype, device=device), quantize)  # type: ignore[arg-type]
     if device.type == "cuda":
         torch.cuda.empty_cache()  # give the freed float weights back before sizing the KV cache from free memory
     block_size = settings.block_size

@@ -24,6 +24,7 @@ class RuntimeChoice:
     device: str
     dtype: str
     backend: str
+    quantize: str
     reason: str
 
 
@@ -48,9 +49,16 @@ def choose_runtime(settings: Settings) -> RuntimeChoice:
     if backend == "auto":
         backend = "torch"
         reasons.append("backend torch (continuous batching)")
-    if settings.quantize != "none" and backend != "torch":
-        raise ModelLoadError(f"--quantize {settings.quantize} needs the torch backend, not {backend}")
-    return RuntimeChoice(device, dtype, backend, "; ".join(reasons) or "as configured")
+    quantize = settings.quantize
+    if quantize == "auto":
+        # Measured on a 2-core AVX2 CPU (0.6b shape): int8 weights decode 2.3x faster than float32 and 1.3x
+        # faster than bfloat16 at batch 1, 1.5x float32 at batch 8. GPUs run bf16 at full speed.
+        quantize = "int8" if backend == "torch" and device == "cpu" else "none"
+        if quantize == "int8":
+            reasons.append("int8 weights (fastest measured on CPU; --quantize none keeps full precision)")
+    if quantize != "none" and backend != "torch":
+        raise ModelLoadError(f"--quantize {quantize} needs the torch backend, not {backend}")
+    return RuntimeChoice(device, dtype, backend, quantize, "; ".join(reasons) or "as configured")
 
 
 def model_max_len(model_dir: Path) -> int:
@@ -79,6 +87,6 @@ def load_engine(settings: Settings) -> AsyncEngine:
     else:
         from qwen3_api.engine.llm_engine import build_llm_engine
 
-        core = build_llm_engine(settings, model_dir, device, dtype, tokenizer, max_len)
+        core = build_llm_engine(settings, model_dir, device, dtype, tokenizer, max_len, runtime.quantize)
     logger.info("model loaded in %.1f s (max_model_len %d)", time.perf_counter() - started, core.max_model_len)
     return AsyncEngine(core, tokenizer, model_name, max_queued_requests=settings.max_queued_requests)
