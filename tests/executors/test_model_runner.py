@@ -11,38 +11,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import Qwen3Config
 from transformers import Qwen3ForCausalLM as HFQwen3ForCausalLM
 
 from qwen3_api.executors.model_runner import BatchEntry, TorchModelRunner
 from qwen3_api.models.qwen3 import Qwen3ModelConfig
 from qwen3_api.models.weights import load_model
+from tests.hf_models import DEEP, TINY, build_hf_model
 
 HF_ATOL = 1e-4  # ours vs HF, float32 (observed ~1e-5 on the deep model)
 SELF_ATOL = 1e-4  # ours vs ours along a different path (chunked vs one-shot, batched vs alone)
 BLOCK_SIZE = 4  # small, so short test sequences span many blocks
 NUM_BLOCKS = 256
-
-TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, head_dim=16)
-DEEP = dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=4, num_attention_heads=16,
-            num_key_value_heads=8, head_dim=128)
-
-
-def build_hf_model(path: Path, shape: dict, *, seed: int, init_std: float,
-                   max_shard_size: str | None = None) -> HFQwen3ForCausalLM:
-    """A seeded random tied-embedding HF Qwen3 saved to `path`, with randomised norm weights."""
-    config = Qwen3Config(vocab_size=151936, rope_theta=1e6, rms_norm_eps=1e-6, tie_word_embeddings=True,
-                         initializer_range=init_std, **shape)
-    torch.manual_seed(seed)
-    model = HFQwen3ForCausalLM(config).eval()
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "norm" in name:
-                param.uniform_(0.5, 1.5)
-    model.save_pretrained(path, **({"max_shard_size": max_shard_size} if max_shard_size else {}))
-    return model
-
 
 class Case:
     """A saved checkpoint, its HF oracle, and our runner over it (built once per module)."""

@@ -33,6 +33,15 @@ async def list_models(engine: Annotated[AsyncEngine, Depends(ready_engine)]) -> 
     return {"object": "list", "data": [card]}
 
 
+async def _respond(serving: ChatServing | CompletionServing, body: Any, request: Request) -> Any:
+    """Prepare (all validation happens here, before any byte is sent), then stream or answer at once."""
+    prepared = serving.prepare(body)
+    if body.stream:
+        stream = serving.stream(body, prepared)  # type: ignore[arg-type]
+        return StreamingResponse(stream, media_type="text/event-stream", headers=SSE_HEADERS)
+    return await until_disconnected(request, serving.complete(body, prepared))  # type: ignore[arg-type]
+
+
 @router.post("/v1/chat/completions", response_model=None)
 async def chat_completions(
     body: ChatCompletionRequest,
@@ -40,11 +49,7 @@ async def chat_completions(
     engine: Annotated[AsyncEngine, Depends(ready_engine)],
     state: Annotated[ServerState, Depends(server_state)],
 ) -> ChatCompletion | StreamingResponse:
-    serving = ChatServing(engine, state.settings)
-    prepared = serving.prepare(body)
-    if body.stream:
-        return StreamingResponse(serving.stream(body, prepared), media_type="text/event-stream", headers=SSE_HEADERS)
-    return await until_disconnected(request, serving.complete(body, prepared))
+    return await _respond(ChatServing(engine, state.settings), body, request)  # type: ignore[no-any-return]
 
 
 @router.post("/v1/completions", response_model=None)
@@ -54,11 +59,7 @@ async def completions(
     engine: Annotated[AsyncEngine, Depends(ready_engine)],
     state: Annotated[ServerState, Depends(server_state)],
 ) -> Completion | StreamingResponse:
-    serving = CompletionServing(engine, state.settings)
-    prepared = serving.prepare(body)
-    if body.stream:
-        return StreamingResponse(serving.stream(body, prepared), media_type="text/event-stream", headers=SSE_HEADERS)
-    return await until_disconnected(request, serving.complete(body, prepared))
+    return await _respond(CompletionServing(engine, state.settings), body, request)  # type: ignore[no-any-return]
 
 
 @router.post("/tokenize")
