@@ -82,22 +82,30 @@ def make_test_model(
     dtype: Annotated[str, typer.Option(help="float32|bfloat16|float16")] = "float32",
     init_std: Annotated[float, typer.Option(help="std of the random matrices")] = 0.02,
     num_layers: Annotated[Optional[int], typer.Option(help="override the shape's layer count")] = None,
+    gguf: Annotated[
+        Optional[str], typer.Option(help="also write DIR/<dir name>-<type>.gguf for llama.cpp: F32|F16|Q8_0")
+    ] = None,
 ) -> None:
     """Build a model directory: the real Qwen3 tokenizer and seeded random weights in a real Qwen3 shape."""
+    from qwen3_api.testing.gguf import gguf_file_name, parse_gguf_type, write_gguf
     from qwen3_api.testing.models import build_test_model
 
     configure_logging("info")
     if out_dir.exists() and any(out_dir.iterdir()):
         typer.echo(f"error: {out_dir} exists and is not empty", err=True)
         raise typer.Exit(2)
-    if out_dir.exists():
-        out_dir.rmdir()
     try:
+        qtype = parse_gguf_type(gguf) if gguf is not None else None
+        if out_dir.exists():
+            out_dir.rmdir()
         path = build_test_model(out_dir, shape=shape, seed=seed, dtype=dtype, init_std=init_std, num_layers=num_layers)
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
     typer.echo(f"wrote {shape} test model to {path}")
+    if qtype is not None:
+        gguf_path = write_gguf(path, path / gguf_file_name(path, qtype), qtype)
+        typer.echo(f"wrote {qtype} GGUF to {gguf_path}")
 
 
 @app.command()

@@ -64,6 +64,7 @@ def resolve_model(name: str) -> Path:
             options = parse_test_model_spec(name)
         except ValueError as exc:
             raise ModelLoadError(str(exc)) from exc
+        options.pop("gguf", None)  # the directory the GGUF is made from; models.gguf.resolve_gguf gives the file
         return cached_test_model(**options)  # type: ignore[arg-type]
     path = Path(name).expanduser()
     if path.exists():

@@ -11,6 +11,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -212,12 +213,19 @@ def cached_test_model(
 
 
 def parse_test_model_spec(spec: str) -> dict[str, object]:
-    """Parse `test:SHAPE[:key=value,...]`, e.g. `test:tiny` or `test:0.6b:dtype=bfloat16,seed=1`."""
+    """Parse `test:SHAPE[:key=value,...]`, e.g. `test:tiny` or `test:0.6b:dtype=bfloat16,seed=1`.
+
+    `gguf=F32|F16|Q8_0` asks for the model as a GGUF file of that type (see `qwen3_api.models.gguf`).
+    """
+    from qwen3_api.testing.gguf import parse_gguf_type
+
     parts = spec.split(":", 2)
     if parts[0] != "test" or len(parts) < 2 or parts[1] not in SHAPES:
         raise ValueError(f"test model spec must be test:<{'|'.join(SHAPES)}>[:key=value,...], got {spec!r}")
     options: dict[str, object] = {"shape": parts[1]}
-    casts = {"seed": int, "dtype": str, "init_std": float, "num_layers": int}
+    casts: dict[str, Callable[[str], object]] = {
+        "seed": int, "dtype": str, "init_std": float, "num_layers": int, "gguf": parse_gguf_type,
+    }  # fmt: skip
     for item in parts[2].split(",") if len(parts) == 3 and parts[2] else []:
         key, _, value = item.partition("=")
         if key not in casts:
