@@ -38,6 +38,7 @@ class ServerProcess:
     url: str
     process: subprocess.Popen[bytes]
     log_path: Path
+    model: str = ""
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -50,7 +51,7 @@ def start_server(model: str, log_path: Path, *args: str, wait_healthy: bool = Tr
     log = log_path.open("wb")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT)
-    server = ServerProcess(f"http://127.0.0.1:{port}", process, log_path)
+    server = ServerProcess(f"http://127.0.0.1:{port}", process, log_path, model)
     if wait_healthy:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -77,11 +78,13 @@ def stop_server(server: ServerProcess) -> None:
             server.process.wait()
 
 
-# The original-API tests run against each of these: our engine, with int8 weights, and the HF reference.
-SERVED_BACKENDS = {
-    "torch": ("--backend", "torch", "--quantize", "none"),
-    "torch-int8": ("--backend", "torch", "--quantize", "int8"),
-    "reference": ("--backend", "reference"),
+# The original-API tests run against each of these: our engine, with int8 weights, on llama.cpp (the same tiny
+# model as GGUF), and the HF reference. None stands for the tiny model's directory.
+SERVED_BACKENDS: dict[str, tuple[str | None, tuple[str, ...]]] = {
+    "torch": (None, ("--backend", "torch", "--quantize", "none")),
+    "torch-int8": (None, ("--backend", "torch", "--quantize", "int8")),
+    "llamacpp": ("test:tiny:gguf=F32", ("--backend", "llamacpp")),
+    "reference": (None, ("--backend", "reference")),
 }
 MAX_MODEL_LEN = 2048
 
@@ -115,10 +118,14 @@ def server_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPool
 @pytest.fixture(scope="session", params=list(SERVED_BACKENDS))
 def server(request: pytest.FixtureRequest, tiny_model_dir: Path, server_pool: ServerPool) -> ServerProcess:
     """The tiny model served by each backend in turn (the original-API tests run against all of them)."""
-    return server_pool.get(str(tiny_model_dir), *SERVED_BACKENDS[request.param])
+    model, args = SERVED_BACKENDS[request.param]
+    return server_pool.get(model or str(tiny_model_dir), *args)
 
 
-@pytest.fixture(scope="session")
-def torch_server(tiny_model_dir: Path, server_pool: ServerPool) -> ServerProcess:
-    """The tiny model on our engine (the OpenAI API tests use features only it has)."""
+@pytest.fixture(scope="session", params=["torch", "llamacpp"])
+def torch_server(request: pytest.FixtureRequest, tiny_model_dir: Path, server_pool: ServerPool) -> ServerProcess:
+    """The tiny model on our engine, with our torch model or llama.cpp computing it (the OpenAI API tests use
+    features the reference backend lacks)."""
+    if request.param == "llamacpp":
+        return server_pool.get("test:tiny:gguf=F32", "--backend", "llamacpp")
     return server_pool.get(str(tiny_model_dir), "--backend", "torch")

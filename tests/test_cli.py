@@ -19,7 +19,7 @@ def cli(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
 def test_chat_streams_answers_and_keeps_history(torch_server: ServerProcess, tiny_model_dir: Path) -> None:
     result = cli("chat", "--url", torch_server.url, "--max-tokens", "4", "--no-thinking", stdin="Hello\n/reset\nAgain\n/exit\n")
     assert result.returncode == 0, result.stderr
-    assert str(tiny_model_dir) in result.stdout
+    assert torch_server.model in result.stdout
     assert result.stdout.count("you>") == 4
 
 

@@ -35,7 +35,7 @@ def test_prompts_have_exact_token_lengths(tiny_model_dir) -> None:  # type: igno
 
 @pytest.mark.parametrize("api", [ApiKind.NATIVE, ApiKind.OPENAI_COMPLETIONS])
 def test_load_run_against_our_server(torch_server: ServerProcess, tiny_model_dir, api: ApiKind) -> None:  # type: ignore[no-untyped-def]
-    model = str(tiny_model_dir) if api is not ApiKind.NATIVE else None
+    model = torch_server.model if api is not ApiKind.NATIVE else None
     config = LoadConfig(url=torch_server.url, api=api, model=model, num_requests=4, concurrency=2, prompt_tokens=16,
                         output_tokens=6, tokenizer_dir=tiny_model_dir)  # fmt: skip
     result = run_benchmark(config)

@@ -18,14 +18,9 @@ def post(server: ServerProcess, body: object, raw: str | None = None) -> request
     return requests.post(f"{server.url}/generate", json=body, timeout=120)
 
 
-def test_root_names_service_version_and_model(server: ServerProcess, tiny_model_dir) -> None:
+def test_root_names_service_version_and_model(server: ServerProcess) -> None:
     body = requests.get(f"{server.url}/", timeout=10).json()
-    assert body == {
-        "name": "Qwen3-4B API",
-        "version": qwen3_api.__version__,
-        "status": "active",
-        "model": str(tiny_model_dir),
-    }
+    assert body == {"name": "Qwen3-4B API", "version": qwen3_api.__version__, "status": "active", "model": server.model}
 
 
 def test_health_is_healthy_once_loaded(server: ServerProcess) -> None:

@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -48,10 +47,6 @@ class LLMEngine:
         self.max_model_len = scheduler.config.max_model_len
         self._make_compiler = grammar_compiler
         self._compiler: GrammarCompiler | None = None
-        self._compiler_ready = threading.Event()
-        if grammar_compiler is not None:
-            # Building the grammar tokenizer takes seconds: do it now, in the background, not on a first request.
-            threading.Thread(target=self._build_compiler, name="grammar-compiler", daemon=True).start()
         self._matchers: dict[str, GrammarMatcher] = {}  # requests with structured output
         self._arrivals = 0
         self.num_steps = 0
@@ -70,18 +65,15 @@ class LLMEngine:
             self._matchers.pop(request_id, None)
             raise
 
-    def _build_compiler(self) -> None:
-        try:
-            if self._make_compiler is not None:
-                self._compiler = self._make_compiler()
-        except Exception:
-            logger.exception("structured output is unavailable: building the grammar compiler failed")
-        finally:
-            self._compiler_ready.set()
+    def prepare_grammar(self) -> None:
+        """Build the grammar compiler now (seconds: it indexes the whole vocabulary). The loader calls this before
+        serving; done lazily instead, the first structured request would wait for it, and done in a background
+        thread it would hold the GIL against the step loop for as long."""
+        if self._compiler is None and self._make_compiler is not None:
+            self._compiler = self._make_compiler()
 
     def _grammar_compiler(self) -> GrammarCompiler:
-        if self._make_compiler is not None:
-            self._compiler_ready.wait()
+        self.prepare_grammar()
         if self._compiler is None:
             raise InvalidRequestError("structured output is not available on this engine", "response_format")
         return self._compiler

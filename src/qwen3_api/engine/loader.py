@@ -28,10 +28,19 @@ class RuntimeChoice:
     reason: str
 
 
-def choose_runtime(settings: Settings) -> RuntimeChoice:
-    """Resolve `auto` device/dtype/backend for this machine."""
+def choose_runtime(settings: Settings, gguf: bool = False) -> RuntimeChoice:
+    """Resolve `auto` device/dtype/backend for this machine and model (`gguf`: the model is a GGUF file)."""
     import torch
 
+    if gguf:
+        if settings.backend not in ("auto", "llamacpp"):
+            raise ModelLoadError(f"GGUF models run on --backend llamacpp, not {settings.backend}")
+        why = "a GGUF model: llama.cpp runs it, with our scheduler, sampler and APIs on top"
+        return RuntimeChoice("cpu", "gguf", "llamacpp", "none", why if settings.backend == "auto" else "as configured")
+    if settings.backend == "llamacpp":
+        raise ModelLoadError(
+            "--backend llamacpp needs a GGUF model (a .gguf file, OWNER/REPO-GGUF:QUANT, test:...:gguf=Q8_0)"
+        )
     reasons = []
     device = settings.device
     if device == "auto":
@@ -66,20 +75,60 @@ def model_max_len(model_dir: Path) -> int:
     return int(config.get("max_position_embeddings", 32768))
 
 
+def gguf_max_model_len(settings: Settings, metadata: dict[str, object]) -> int:
+    """Context per sequence on llama.cpp: each of max_num_seqs sequences owns its cells, all within the KV budget."""
+    arch = str(metadata.get("general.architecture", "qwen3"))
+    context = int(metadata.get(f"{arch}.context_length", 32768))  # type: ignore[call-overload]
+    layers = int(metadata.get(f"{arch}.block_count", 1))  # type: ignore[call-overload]
+    kv_heads = int(metadata.get(f"{arch}.attention.head_count_kv", 1))  # type: ignore[call-overload]
+    head_dim = int(metadata.get(f"{arch}.attention.key_length", 128))  # type: ignore[call-overload]
+    bytes_per_token = 2 * layers * kv_heads * head_dim * 2  # K and V, float16 cells
+    budget = settings.kv_cache_memory if settings.kv_cache_memory is not None else 1.0
+    per_sequence = int(budget * 2**30 // bytes_per_token) // settings.max_num_seqs
+    wanted = min(settings.max_model_len or context, context)
+    if per_sequence < wanted:
+        logger.warning(
+            "KV budget %.2f GiB over %d sequences holds %d tokens each: max_model_len lowered from %d",
+            budget, settings.max_num_seqs, per_sequence, wanted,
+        )  # fmt: skip
+    if per_sequence < 64:
+        raise ModelLoadError(f"--kv-cache-memory {budget} GiB is too small for {settings.max_num_seqs} sequences")
+    return min(wanted, per_sequence)
+
+
+def _load_gguf_engine(settings: Settings, model_name: str, started: float) -> AsyncEngine:
+    from qwen3_api.executors.llamacpp_runner import build_llamacpp_engine
+    from qwen3_api.models.gguf import read_gguf_metadata, resolve_gguf
+
+    path = resolve_gguf(model_name)
+    runtime = choose_runtime(settings, gguf=True)
+    logger.info("runtime: %s (%s)", runtime, runtime.reason)
+    tokenizer = Tokenizer.from_gguf(path)
+    max_len = gguf_max_model_len(settings, read_gguf_metadata(path))
+    core = build_llamacpp_engine(settings, path, tokenizer, max_len)
+    core.prepare_grammar()
+    logger.info("model loaded in %.1f s (max_model_len %d)", time.perf_counter() - started, core.max_model_len)
+    return AsyncEngine(core, tokenizer, model_name, max_queued_requests=settings.max_queued_requests)
+
+
 def load_engine(settings: Settings) -> AsyncEngine:
     """Resolve and load the model named by `settings`, returning an engine that is ready to start."""
     import torch
 
+    from qwen3_api.models.gguf import is_gguf_spec
+
     started = time.perf_counter()
     model_name = canonical_model_name(settings.model)
     logger.info("resolving model %s", model_name)
+    if is_gguf_spec(model_name):
+        return _load_gguf_engine(settings, model_name, started)
     model_dir = resolve_model(model_name)
     runtime = choose_runtime(settings)
     logger.info("runtime: %s (%s)", runtime, runtime.reason)
     tokenizer = Tokenizer(model_dir)
     max_len = min(settings.max_model_len or model_max_len(model_dir), model_max_len(model_dir))
     device, dtype = torch.device(runtime.device), getattr(torch, runtime.dtype)
-    logger.info("loading weights from %s (%s on %s, backend %s)", model_dir, runtime.dtype, runtime.device, runtime.backend)
+    logger.info("loading %s (%s on %s, backend %s)", model_dir, runtime.dtype, runtime.device, runtime.backend)
     if runtime.backend == "reference":
         from qwen3_api.executors.reference import ReferenceCore
 
@@ -88,5 +137,6 @@ def load_engine(settings: Settings) -> AsyncEngine:
         from qwen3_api.engine.llm_engine import build_llm_engine
 
         core = build_llm_engine(settings, model_dir, device, dtype, tokenizer, max_len, runtime.quantize)
+        core.prepare_grammar()
     logger.info("model loaded in %.1f s (max_model_len %d)", time.perf_counter() - started, core.max_model_len)
     return AsyncEngine(core, tokenizer, model_name, max_queued_requests=settings.max_queued_requests)

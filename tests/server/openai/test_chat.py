@@ -14,9 +14,9 @@ from tests.server.openai.conftest import sse_events
 HELLO = [{"role": "user", "content": "Say hello."}]
 
 
-def test_models_lists_the_served_model(client: openai.OpenAI, torch_server: ServerProcess, tiny_model_dir) -> None:
+def test_models_lists_the_served_model(client: openai.OpenAI, torch_server: ServerProcess) -> None:
     models = client.models.list().data
-    assert [m.id for m in models] == [str(tiny_model_dir)]
+    assert [m.id for m in models] == [torch_server.model]
 
 
 def test_chat_completion_shape_and_usage(client: openai.OpenAI, model_id: str) -> None:
@@ -31,7 +31,9 @@ def test_chat_completion_shape_and_usage(client: openai.OpenAI, model_id: str) -
     assert usage.prompt_tokens_details is not None and usage.prompt_tokens_details.cached_tokens >= 0
 
 
-def test_repeated_prompt_reports_cached_tokens(client: openai.OpenAI, model_id: str) -> None:
+def test_repeated_prompt_reports_cached_tokens(client: openai.OpenAI, model_id: str, torch_server: ServerProcess) -> None:
+    if "gguf=" in torch_server.model:
+        pytest.skip("no prefix caching on the llama.cpp backend yet (its KV cells belong to one sequence each)")
     messages = [{"role": "user", "content": "A long shared question " * 20}]
     client.chat.completions.create(model=model_id, messages=messages, max_tokens=2, temperature=0)
     again = client.chat.completions.create(model=model_id, messages=messages, max_tokens=2, temperature=0)

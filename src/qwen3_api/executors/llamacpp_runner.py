@@ -1,0 +1,333 @@
+"""A model runner on llama.cpp's low-level API: our scheduler and sampler drive a GGUF model, many sequences per
+`llama_decode`.
+
+Each request gets a llama.cpp sequence id (a "slot") on first sight. The context is created with
+`kv_unified=False`, so every slot owns its own `n_ctx / n_seq_max` KV cells: a sequence's logits do not depend on
+what else is in the batch (bit-identical to running alone), and the scheduler's block accounting only has to
+guarantee `max_num_seqs * max_model_len` tokens. The block tables the scheduler hands out are ignored here:
+llama.cpp places K/V itself, by (sequence id, position).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import math
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from qwen3_api.config import Settings
+from qwen3_api.engine.kv_cache import KVCacheManager
+from qwen3_api.engine.llm_engine import LLMEngine
+from qwen3_api.engine.scheduler import Scheduler, SchedulerConfig
+from qwen3_api.engine.structured import GrammarCompiler
+from qwen3_api.engine.tokenizer import Tokenizer
+from qwen3_api.errors import EngineError, ModelLoadError
+from qwen3_api.executors.model_runner import BatchEntry
+from qwen3_api.executors.sampler import Sampler
+
+logger = logging.getLogger(__name__)
+
+# llama.cpp pads the context to a multiple of this many cells.
+CTX_PAD = 256
+_GGML_LOG_LEVEL_ERROR = 4
+_GGML_TYPES = {"f32": 0, "f16": 1}  # enum ggml_type
+_LLAMA_FLASH_ATTN_TYPE_DISABLED = 0
+
+
+def _forward_llama_log(level: int, text: bytes | None, _user_data: ctypes.c_void_p) -> None:
+    # llama.cpp is chatty (every tensor at load): keep only its errors, through our logging.
+    if level == _GGML_LOG_LEVEL_ERROR and text:
+        logger.error("llama.cpp: %s", text.decode(errors="replace").rstrip())
+
+
+_log_callback = None  # the ctypes callback must outlive every llama.cpp call: keep it referenced for good
+
+
+def _init_llama_backend() -> None:
+    """Initialise llama.cpp once per process and route its log to ours."""
+    global _log_callback
+    if _log_callback is not None:
+        return
+    import llama_cpp
+
+    _log_callback = llama_cpp.llama_log_callback(_forward_llama_log)
+    llama_cpp.llama_log_set(_log_callback, ctypes.c_void_p(0))
+    llama_cpp.llama_backend_init()
+
+
+def default_num_threads() -> int:
+    """The CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+@dataclass
+class _Slot:
+    """A llama.cpp sequence id held by one request, and how many of its positions have K/V in the cells."""
+
+    seq_id: int
+    num_cached: int = 0
+
+
+class LlamaCppModelRunner:
+    """Computes engine steps with llama.cpp; `forward` puts every entry of a step in one batch (or a few, if it
+    is longer than `n_batch` tokens)."""
+
+    def __init__(
+        self,
+        gguf_path: str | Path,
+        *,
+        max_num_seqs: int,
+        max_model_len: int,
+        n_threads: int | None = None,
+        n_batch: int = 512,
+        kv_cache_type: str = "f16",
+        flash_attention: bool = False,
+    ) -> None:
+        """`kv_cache_type` "f32" makes logits of an F32 GGUF match a float32 reference to ~1e-5 instead of ~1e-3
+        relative, at twice the KV memory. `flash_attention` stays off by default: with it, llama.cpp's CPU logits of
+        a sequence change with what else is in the batch (measured: up to 0.35 on sequences of 64+ tokens), which
+        would break batch invariance (a seeded request must give the same tokens alone and in a busy batch)."""
+        import llama_cpp
+
+        if kv_cache_type not in _GGML_TYPES:
+            raise ValueError(f"kv_cache_type must be one of {', '.join(_GGML_TYPES)}, got {kv_cache_type!r}")
+        for name, value in (("max_num_seqs", max_num_seqs), ("max_model_len", max_model_len), ("n_batch", n_batch)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        self._lib = llama_cpp
+        self.gguf_path = Path(gguf_path)
+        if not self.gguf_path.is_file():
+            raise ModelLoadError(f"GGUF file not found: {self.gguf_path}")
+        self.max_num_seqs = max_num_seqs
+        self.max_model_len = max_model_len
+        self.n_batch = n_batch
+        self.n_threads = n_threads or default_num_threads()
+        self._model = self._ctx = self._batch = None
+        _init_llama_backend()
+
+        self._model = llama_cpp.llama_model_load_from_file(
+            str(self.gguf_path).encode(), llama_cpp.llama_model_default_params()
+        )
+        if not self._model:
+            raise ModelLoadError(f"llama.cpp could not load {self.gguf_path} (see the log for its error)")
+        self.vocab_size: int = llama_cpp.llama_vocab_n_tokens(llama_cpp.llama_model_get_vocab(self._model))
+        self.n_ctx_train: int = llama_cpp.llama_model_n_ctx_train(self._model)
+
+        params = llama_cpp.llama_context_default_params()
+        # kv_unified=False gives each sequence n_ctx / n_seq_max cells of its own.
+        params.n_seq_max = max_num_seqs
+        params.kv_unified = False
+        params.n_ctx = max_num_seqs * (math.ceil(max_model_len / CTX_PAD) * CTX_PAD)
+        params.n_batch = n_batch
+        # The compute buffer scales with the physical batch; the scheduler's step budget is the natural size.
+        params.n_ubatch = n_batch
+        # Without this cap, llama.cpp reserves logits for every batch position (n_batch x vocab floats, ~300 MB at
+        # 512 x 151,936). A step asks for at most one row per running sequence.
+        params.n_outputs_max = min(max_num_seqs, n_batch)
+        params.n_threads = self.n_threads
+        params.n_threads_batch = self.n_threads
+        params.no_perf = True
+        params.type_k = params.type_v = _GGML_TYPES[kv_cache_type]
+        if not flash_attention:
+            params.flash_attn_type = _LLAMA_FLASH_ATTN_TYPE_DISABLED
+        self._ctx = llama_cpp.llama_init_from_model(self._model, params)
+        if not self._ctx:
+            self.close()
+            raise ModelLoadError(
+                f"llama.cpp could not create a context of {params.n_ctx} tokens for {max_num_seqs} sequences "
+                f"(see the log for its error); lower --max-num-seqs or --max-model-len"
+            )
+        self.n_ctx_seq: int = llama_cpp.llama_n_ctx_seq(self._ctx)
+        if self.n_ctx_seq < max_model_len:
+            self.close()
+            raise ModelLoadError(f"llama.cpp gave {self.n_ctx_seq} cells per sequence, fewer than {max_model_len}")
+        self._memory = llama_cpp.llama_get_memory(self._ctx)
+        self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
+        self._slots: dict[str, _Slot] = {}
+        self._free_seq_ids = list(range(max_num_seqs - 1, -1, -1))  # pop() hands out 0 first
+        logger.info(
+            "llama.cpp: %s, vocab %d, %d sequences x %d cells, batch %d, %d threads",
+            self.gguf_path.name, self.vocab_size, max_num_seqs, self.n_ctx_seq, n_batch, self.n_threads,
+        )  # fmt: skip
+
+    # -- per-request state ---------------------------------------------------------------------------------
+
+    @property
+    def num_free_slots(self) -> int:
+        return len(self._free_seq_ids)
+
+    def slot_of(self, request_id: str) -> int | None:
+        """The llama.cpp sequence id `request_id` holds, if any (for tests and debugging)."""
+        slot = self._slots.get(request_id)
+        return slot.seq_id if slot is not None else None
+
+    def release(self, request_ids: Iterable[str]) -> None:
+        """Clear the cells of finished or aborted requests and free their sequence ids."""
+        for request_id in request_ids:
+            slot = self._slots.pop(request_id, None)
+            if slot is not None:
+                self._clear(slot.seq_id)
+                self._free_seq_ids.append(slot.seq_id)
+
+    def _clear(self, seq_id: int, from_position: int = 0) -> None:
+        self._lib.llama_memory_seq_rm(self._memory, seq_id, from_position, -1)
+
+    def _slot_for(self, entry: BatchEntry) -> _Slot:
+        """The entry's slot, taken on first sight; cells past `start_position` (a preempted request
+        recomputing from 0) are cleared first."""
+        slot = self._slots.get(entry.request_id)
+        if slot is None:
+            if not self._free_seq_ids:
+                raise EngineError(f"request {entry.request_id}: all {self.max_num_seqs} llama.cpp sequences are taken")
+            slot = self._slots[entry.request_id] = _Slot(self._free_seq_ids.pop())
+        if entry.start_position > slot.num_cached:
+            # Prefix-cache hits would land here: llama.cpp's cells are per sequence, so there is nothing to reuse.
+            raise ValueError(
+                f"request {entry.request_id} starts at position {entry.start_position} but only "
+                f"{slot.num_cached} positions are cached in llama.cpp (is prefix caching on?)"
+            )
+        if entry.start_position < slot.num_cached:
+            self._clear(slot.seq_id, entry.start_position)
+            slot.num_cached = entry.start_position
+        return slot
+
+    # -- compute -------------------------------------------------------------------------------------------
+
+    def forward(self, batch: list[BatchEntry]) -> torch.Tensor:
+        """Compute the batch's new tokens and return float32 logits [entries with need_logits, vocab] for the last
+        new token of each such entry, in batch order."""
+        logits = torch.empty(sum(e.need_logits for e in batch), self.vocab_size, dtype=torch.float32)
+        if not batch:
+            return logits
+        self._check_batch(batch)
+        # Flatten to (token, position, seq id, wants logits); slots are resolved (and stale cells cleared) first.
+        tokens: list[tuple[int, int, int, bool]] = []
+        for entry in batch:
+            slot = self._slot_for(entry)
+            last = len(entry.token_ids) - 1
+            for i, token_id in enumerate(entry.token_ids):
+                tokens.append((token_id, entry.start_position + i, slot.seq_id, entry.need_logits and i == last))
+        row = 0
+        for begin in range(0, len(tokens), self.n_batch):
+            row = self._decode(tokens[begin : begin + self.n_batch], logits, row)
+        for entry in batch:
+            self._slots[entry.request_id].num_cached = entry.start_position + len(entry.token_ids)
+        return logits
+
+    def _decode(self, tokens: list[tuple[int, int, int, bool]], logits: torch.Tensor, row: int) -> int:
+        """One `llama_decode` of at most n_batch tokens; copies its logits into `logits` from `row` on."""
+        lib, batch = self._lib, self._batch
+        if batch is None:
+            raise EngineError("the llama.cpp runner is closed")
+        output_indices = []
+        for i, (token_id, position, seq_id, wants_logits) in enumerate(tokens):
+            batch.token[i] = token_id
+            batch.pos[i] = position
+            batch.n_seq_id[i] = 1
+            batch.seq_id[i][0] = seq_id
+            batch.logits[i] = wants_logits
+            if wants_logits:
+                output_indices.append(i)
+        batch.n_tokens = len(tokens)
+        code = lib.llama_decode(self._ctx, batch)
+        if code != 0:
+            # Cells a failed decode may have written are not tracked by num_cached; the next entry of such a
+            # request starts where we think it does, and llama.cpp rejects it if that is not consistent.
+            raise EngineError(f"llama_decode failed with code {code} on a batch of {len(tokens)} tokens")
+        out = logits.numpy()
+        for i in output_indices:
+            pointer = lib.llama_get_logits_ith(self._ctx, i)
+            if not pointer:
+                raise EngineError(f"llama.cpp returned no logits for batch position {i}")
+            out[row] = np.ctypeslib.as_array(pointer, shape=(self.vocab_size,))
+            row += 1
+        return row
+
+    def _check_batch(self, batch: list[BatchEntry]) -> None:
+        """Reject malformed entries before anything reaches llama.cpp, which would abort the process on some."""
+        seen: set[str] = set()
+        for i, entry in enumerate(batch):
+            if not entry.token_ids:
+                raise ValueError(f"batch entry {i} has no tokens")
+            if entry.start_position < 0:
+                raise ValueError(f"batch entry {i} has negative start_position {entry.start_position}")
+            if entry.start_position + len(entry.token_ids) > self.n_ctx_seq:
+                raise ValueError(
+                    f"batch entry {i} reaches position {entry.start_position + len(entry.token_ids)}, past the "
+                    f"{self.n_ctx_seq} cells of a llama.cpp sequence"
+                )
+            if entry.request_id in seen:
+                raise ValueError(f"request {entry.request_id!r} appears twice in one batch")
+            seen.add(entry.request_id)
+            bad = [t for t in entry.token_ids if not 0 <= t < self.vocab_size]
+            if bad:
+                raise ValueError(f"batch entry {i} has token ids outside [0, {self.vocab_size}): {bad[:5]}")
+
+    def close(self) -> None:
+        """Free the batch, context and model (idempotent)."""
+        lib = self._lib
+        if self._batch is not None:
+            lib.llama_batch_free(self._batch)
+            self._batch = None
+        if self._ctx:
+            lib.llama_free(self._ctx)
+        self._ctx = None
+        if self._model:
+            lib.llama_model_free(self._model)
+        self._model = None
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):  # at interpreter shutdown the library may already be gone
+            self.close()
+
+
+def build_llamacpp_engine(
+    settings: Settings,
+    gguf_path: Path,
+    tokenizer: Tokenizer,
+    max_model_len: int,
+    *,
+    n_threads: int | None = None,
+    kv_cache_type: str = "f16",
+) -> LLMEngine:
+    """Our engine (scheduler, sampler, structured output) on a llama.cpp runner for a GGUF file."""
+    # torch only samples here. Its OpenMP threads and llama.cpp's (a second OpenMP runtime) spin-wait for work;
+    # on few cores they starve each other: measured 3 vs 271 tok/s on the tiny model, 2 cores, in the server.
+    torch.set_num_threads(1)
+    max_num_seqs = settings.max_num_seqs
+    step_tokens = max(settings.max_num_batched_tokens, max_num_seqs)
+    runner = LlamaCppModelRunner(
+        gguf_path, max_num_seqs=max_num_seqs, max_model_len=max_model_len, n_threads=n_threads, n_batch=step_tokens,
+        kv_cache_type=kv_cache_type,
+    )  # fmt: skip
+    if max_model_len > runner.n_ctx_train:
+        logger.warning("max_model_len %d is past the model's training context %d", max_model_len, runner.n_ctx_train)
+    block_size = settings.block_size
+    # Every running sequence owns max_model_len cells in llama.cpp, so blocks must never be the binding limit:
+    # the scheduler then never preempts (a preempted request would keep its llama.cpp sequence id while waiting).
+    num_blocks = max_num_seqs * math.ceil(max_model_len / block_size)
+    if settings.enable_prefix_caching:
+        logger.info("prefix caching is off on the llama.cpp backend: its KV cells belong to one sequence each")
+    config = SchedulerConfig(
+        max_num_seqs=max_num_seqs,
+        max_num_batched_tokens=step_tokens,
+        block_size=block_size,
+        max_model_len=max_model_len,
+        eos_token_ids=tokenizer.eos_token_ids,
+    )
+    kv = KVCacheManager(num_blocks, block_size, enable_prefix_caching=False)
+
+    def grammar_compiler() -> GrammarCompiler:
+        return GrammarCompiler(tokenizer.hf, runner.vocab_size, tokenizer.eos_token_ids)
+
+    return LLMEngine(Scheduler(config, kv), runner, Sampler(), grammar_compiler)
