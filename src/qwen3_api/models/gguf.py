@@ -221,13 +221,10 @@ def _resolve_local(path: Path) -> Path:
 def resolve_gguf(name: str) -> Path:
     """The local GGUF file `name` names, downloading (HF repo) or building (test spec) it when needed."""
     if name.startswith("test:"):
+        from qwen3_api.models.source import test_model_options
         from qwen3_api.testing.gguf import cached_test_gguf
-        from qwen3_api.testing.models import parse_test_model_spec
 
-        try:
-            options = parse_test_model_spec(name)
-        except ValueError as exc:
-            raise ModelLoadError(str(exc)) from exc
+        options = test_model_options(name)
         qtype = options.pop("gguf", None)
         if qtype is None:
             example = name + (",gguf=Q8_0" if name.count(":") >= 2 else ":gguf=Q8_0")

@@ -55,15 +55,22 @@ def _download(repo_id: str) -> Path:
         ) from exc
 
 
+def test_model_options(name: str) -> dict[str, object]:
+    """The options of a `test:<shape>[:key=value,...]` spec; a bad spec is a ModelLoadError."""
+    from qwen3_api.testing.models import parse_test_model_spec
+
+    try:
+        return parse_test_model_spec(name)
+    except ValueError as exc:
+        raise ModelLoadError(str(exc)) from exc
+
+
 def resolve_model(name: str) -> Path:
     """A local directory holding the model `name` names, downloading or building it when needed."""
     if name.startswith("test:"):
-        from qwen3_api.testing.models import cached_test_model, parse_test_model_spec
+        from qwen3_api.testing.models import cached_test_model
 
-        try:
-            options = parse_test_model_spec(name)
-        except ValueError as exc:
-            raise ModelLoadError(str(exc)) from exc
+        options = test_model_options(name)
         options.pop("gguf", None)  # the directory the GGUF is made from; models.gguf.resolve_gguf gives the file
         return cached_test_model(**options)  # type: ignore[arg-type]
     path = Path(name).expanduser()
@@ -72,5 +79,7 @@ def resolve_model(name: str) -> Path:
             raise ModelLoadError(f"{path} is a file; --model takes a model directory or an HF repo id")
         return _check_model_dir(path)
     if name.startswith((".", "/", "~")) or name.count("/") != 1:
-        raise ModelLoadError(f"{name!r} is neither an existing directory nor an HF repo id (owner/name). {OFFLINE_HINT}")
+        raise ModelLoadError(
+            f"{name!r} is neither an existing directory nor an HF repo id (owner/name). {OFFLINE_HINT}"
+        )
     return _check_model_dir(_download(canonical_model_name(name)))
