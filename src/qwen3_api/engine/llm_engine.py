@@ -111,6 +111,9 @@ class LLMEngine:
     def step(self) -> list[CoreOutput]:
         out = self.scheduler.schedule()
         self._release(out.finished_request_ids)
+        # A preempted sequence recomputes from position 0 when readmitted: runner state it holds (llama.cpp's
+        # sequence slot) is freed now, so waiting requests never pin it. Its sampler state (seeded RNG) is kept.
+        self.runner.release(seq.request_id for seq in out.preempted)
         if not out.chunks:
             return []
         self.num_steps += 1
