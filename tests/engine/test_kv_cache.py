@@ -238,3 +238,24 @@ def test_check_invariants_detects_corruption(kv: KVCacheManager) -> None:
         kv.check_invariants()
     kv._ref_counts[seq.block_table[0]] = 1
     kv.free(seq)
+
+
+def test_a_prefix_source_replaces_block_hits() -> None:
+    asked: list[str] = []
+
+    def source(seq: Sequence) -> int:
+        asked.append(seq.request_id)
+        return 50  # more than the prompt: capped so the last token is computed
+
+    kv = KVCacheManager(num_blocks=10, block_size=BLOCK, enable_prefix_caching=False, prefix_source=source)
+    seq = make_seq("a", list(range(9)))
+    hit = kv.lookup(seq)
+    assert asked == ["a"] and hit == PrefixHit((), 8) and kv.reuses_prefixes
+    # Cached tokens still get blocks (block ids are accounting only for such an executor), unaligned is fine.
+    assert kv.admit(seq, hit, 1) and len(seq.block_table) == 3
+    assert kv.stats.prefix_queried_tokens == 9 and kv.stats.prefix_hit_tokens == 8
+    kv.free(seq)
+    kv.check_invariants()
+    assert kv.num_free_blocks == 10 and kv.stats.num_cached_blocks == 0
+    with pytest.raises(ValueError, match="prefix_source"):
+        KVCacheManager(num_blocks=10, block_size=BLOCK, prefix_source=source)

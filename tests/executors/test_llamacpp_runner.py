@@ -275,3 +275,75 @@ def test_end_token_stops(model_name: str) -> None:
             tokens += out.new_token_ids
             finish = out.finish_reason or finish
     assert tokens == free[: free.index(free[4]) + 1] and finish is FinishReason.STOP
+
+
+# -- prefix reuse: a cached prefix taken over or copied gives the logits of computing it ------------------------
+
+
+def test_taken_over_and_copied_prefixes_give_cold_logits(model_name: str) -> None:
+    base = prompts(6, seed=30)[5]  # 100 tokens
+    copy_prompt, takeover_prompt = base[:90] + [11, 12], base[:80] + [7, 8, 9]
+    cold = LlamaCppModelRunner(gguf_of(model_name, "Q8_0"), max_num_seqs=4, max_model_len=MAX_MODEL_LEN)
+    warm = LlamaCppModelRunner(
+        gguf_of(model_name, "Q8_0"), max_num_seqs=4, max_model_len=MAX_MODEL_LEN, reuse_prefixes=True,
+        min_reuse_tokens=16, min_copy_tokens=32,
+    )  # fmt: skip
+    try:
+        expected = {
+            name: (cold.forward([BatchEntry(p, 0, [], True, name)]), cold.forward([BatchEntry([5], len(p), [], True, name)]))
+            for name, p in (("copy", copy_prompt), ("takeover", takeover_prompt))
+        }  # fmt: skip
+        warm.forward([BatchEntry(base, 0, [], True, "a")])
+        source = warm.slot_of("a")
+        # "a" is running: its cells are copied into a new sequence.
+        hit = warm.lookup_prefix("copy", copy_prompt)
+        assert hit == 90
+        first = warm.forward([BatchEntry(copy_prompt[hit:], hit, [], True, "copy")])
+        assert warm.slot_of("copy") != source
+        # "a" finished: its sequence is kept, and a prompt sharing 80 tokens takes it over.
+        warm.release(["a"])
+        assert warm.num_retained_slots == 1
+        hit = warm.lookup_prefix("takeover", takeover_prompt)
+        assert hit == 80
+        got = {"copy": first, "takeover": warm.forward([BatchEntry(takeover_prompt[hit:], hit, [], True, "takeover")])}
+        assert warm.slot_of("takeover") == source
+        for name, prompt in (("copy", copy_prompt), ("takeover", takeover_prompt)):
+            # The next decode reads the reused cells and the new ones alike.
+            step = warm.forward([BatchEntry([5], len(prompt), [], True, name)])
+            assert torch.equal(got[name], expected[name][0]), name
+            assert torch.equal(step, expected[name][1]), name
+    finally:
+        cold.close()
+        warm.close()
+
+
+def run_with_cache_counts(
+    engine: LLMEngine, requests: dict[str, tuple[list[int], SamplingParams]], group: str | None = None
+) -> tuple[dict[str, list[int]], dict[str, int]]:
+    """Like `run`, also returning each request's prompt tokens served from a cache."""
+    for request_id, (prompt, params) in requests.items():
+        engine.add_request(request_id, prompt, params, prefix_group=group)
+    tokens: dict[str, list[int]] = {request_id: [] for request_id in requests}
+    cached: dict[str, int] = {}
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            tokens[out.request_id].extend(out.new_token_ids)
+            cached[out.request_id] = out.num_cached_tokens
+    return tokens, cached
+
+
+def test_engine_reuses_a_finished_conversation_and_running_siblings(model_name: str) -> None:
+    base = prompts(6, seed=31)[5]
+    turn2 = base + [101, 102, 103, 104]
+    cold = make_engine(model_name, enable_prefix_caching=False)
+    expected_turn2 = run(cold, {"t2": (turn2, greedy(8))})["t2"]
+    expected_sibling = run(cold, {"s": (base, greedy(8))})["s"]
+    engine = make_engine(model_name)
+    run(engine, {"t1": (base, greedy(8))})
+    tokens, cached = run_with_cache_counts(engine, {"t2": (turn2, greedy(8))})
+    assert cached["t2"] >= len(base) and tokens["t2"] == expected_turn2
+    # n siblings of one prompt: one computes it, the others copy its cells (its prompt is >= 64 tokens).
+    tokens, cached = run_with_cache_counts(engine, {f"s{i}": (base, greedy(8)) for i in range(3)}, group="g")
+    assert all(t == expected_sibling for t in tokens.values())
+    assert sorted(cached.values())[-2:] == [len(base) - 1] * 2
+    assert engine.scheduler.kv_stats.prefix_hit_tokens > 0

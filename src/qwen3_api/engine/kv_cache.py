@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 from array import array
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from qwen3_api.engine.sequence import Sequence
@@ -36,7 +36,7 @@ class PrefixHit:
     """Cached full blocks matching the start of a sequence, as found by `KVCacheManager.lookup`."""
 
     block_ids: tuple[int, ...]
-    num_tokens: int  # len(block_ids) * block_size: tokens whose K/V need no computing
+    num_tokens: int  # tokens whose K/V need no computing: len(block_ids) * block_size, or from a prefix source
 
 
 @dataclass(frozen=True)
@@ -67,13 +67,25 @@ class KVCacheManager:
     chunk, `cache_computed_blocks` once a chunk's K/V are written, and `free` on finish or preemption.
     """
 
-    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True) -> None:
+    def __init__(
+        self,
+        num_blocks: int,
+        block_size: int,
+        enable_prefix_caching: bool = True,
+        prefix_source: Callable[[Sequence], int] | None = None,
+    ) -> None:
+        """`prefix_source`, instead of prefix caching by blocks: a function telling how many leading tokens of a
+        new sequence an executor that keeps its own cache (llama.cpp) already holds. Those tokens get blocks
+        like any others (blocks are only accounting there) and are not computed."""
+        if enable_prefix_caching and prefix_source is not None:
+            raise ValueError("prefix_source replaces block prefix caching: pass enable_prefix_caching=False")
         for name, value in (("num_blocks", num_blocks), ("block_size", block_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         self.num_blocks = num_blocks
         self.block_size = block_size
         self.enable_prefix_caching = enable_prefix_caching
+        self.prefix_source = prefix_source
         self._ref_counts = [0] * num_blocks
         self._block_hashes: list[BlockHash | None] = [None] * num_blocks
         # Blocks with ref count 0, least recently freed first: allocation takes from the front.
@@ -100,6 +112,11 @@ class KVCacheManager:
             prefix_hit_tokens=self._hit_tokens,
         )
 
+    @property
+    def reuses_prefixes(self) -> bool:
+        """True when a new sequence may start past cached tokens (by blocks or from the prefix source)."""
+        return self.enable_prefix_caching or self.prefix_source is not None
+
     def blocks_needed(self, num_tokens: int) -> int:
         """Blocks that hold `num_tokens` tokens."""
         return -(-num_tokens // self.block_size)
@@ -114,6 +131,8 @@ class KVCacheManager:
         The hit stops at the last block boundary strictly before the last token, so at least that token is
         computed and the model produces logits to sample from.
         """
+        if self.prefix_source is not None:
+            return PrefixHit((), max(0, min(self.prefix_source(seq), seq.num_tokens - 1)))
         if not self.enable_prefix_caching:
             return PrefixHit((), 0)
         max_blocks = (seq.num_tokens - 1) // self.block_size
@@ -144,7 +163,7 @@ class KVCacheManager:
             self._ref_counts[block_id] += 1
         seq.block_table = list(hit.block_ids) + [self._pop_free_block() for _ in range(num_new_blocks)]
         self._seq_num_registered[seq.request_id] = len(hit.block_ids)
-        if self.enable_prefix_caching:
+        if self.reuses_prefixes:
             self._queried_tokens += seq.num_tokens
             self._hit_tokens += hit.num_tokens
         return True

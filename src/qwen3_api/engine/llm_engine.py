@@ -205,16 +205,39 @@ def build_llm_engine(
         block_size, capacity,
     )  # fmt: skip
     runner = TorchModelRunner(model, dtype=dtype, device=device, num_blocks=num_blocks, block_size=block_size)
+    return assemble_engine(settings, runner, tokenizer, num_blocks, max_model_len, model.config.vocab_size)
+
+
+def assemble_engine(
+    settings: Settings,
+    runner: ModelRunner,
+    tokenizer: Tokenizer,
+    num_blocks: int,
+    max_model_len: int,
+    vocab_size: int,
+    prefix_source: Callable[[Sequence], int] | None = None,
+) -> LLMEngine:
+    """Wire a model runner to the scheduler, KV block accounting, sampler and structured output.
+
+    Prefix reuse follows `--enable-prefix-caching`: by hashed blocks, or through `prefix_source` for a runner
+    that keeps its own cache.
+    """
     config = SchedulerConfig(
         max_num_seqs=settings.max_num_seqs,
         max_num_batched_tokens=max(settings.max_num_batched_tokens, settings.max_num_seqs),
-        block_size=block_size,
+        block_size=settings.block_size,
         max_model_len=max_model_len,
         eos_token_ids=tokenizer.eos_token_ids,
     )
-    kv = KVCacheManager(num_blocks, block_size, enable_prefix_caching=settings.enable_prefix_caching)
+    reuse = settings.enable_prefix_caching
+    kv = KVCacheManager(
+        num_blocks,
+        settings.block_size,
+        enable_prefix_caching=reuse and prefix_source is None,
+        prefix_source=prefix_source if reuse else None,
+    )
 
     def grammar_compiler() -> GrammarCompiler:
-        return GrammarCompiler(tokenizer.hf, model.config.vocab_size, tokenizer.eos_token_ids)
+        return GrammarCompiler(tokenizer.hf, vocab_size, tokenizer.eos_token_ids)
 
     return LLMEngine(Scheduler(config, kv), runner, Sampler(), grammar_compiler)

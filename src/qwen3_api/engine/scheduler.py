@@ -276,7 +276,7 @@ class Scheduler:
         That is the prompt up to the last block boundary before its last token, the most a hit can cover; the
         rest each sibling computes anyway, so waiting for it would gain nothing.
         """
-        if seq.prefix_group is None or not self.kv_cache.enable_prefix_caching:
+        if seq.prefix_group is None or not self.kv_cache.reuses_prefixes:
             return False
         cacheable = (seq.num_prompt_tokens - 1) // self.config.block_size * self.config.block_size
         return seq.num_computed_tokens < cacheable

@@ -16,21 +16,18 @@ import logging
 import math
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from qwen3_api.config import Settings
-from qwen3_api.engine.kv_cache import KVCacheManager
-from qwen3_api.engine.llm_engine import LLMEngine
-from qwen3_api.engine.scheduler import Scheduler, SchedulerConfig
-from qwen3_api.engine.structured import GrammarCompiler
+from qwen3_api.engine.llm_engine import LLMEngine, assemble_engine
+from qwen3_api.engine.sequence import Sequence
 from qwen3_api.engine.tokenizer import Tokenizer
 from qwen3_api.errors import EngineError, ModelLoadError
 from qwen3_api.executors.model_runner import BatchEntry
-from qwen3_api.executors.sampler import Sampler
+from qwen3_api.executors.slot_pool import SlotOp, SlotPool
 
 logger = logging.getLogger(__name__)
 
@@ -70,14 +67,6 @@ def default_num_threads() -> int:
         return os.cpu_count() or 1
 
 
-@dataclass
-class _Slot:
-    """A llama.cpp sequence id held by one request, and how many of its positions have K/V in the cells."""
-
-    seq_id: int
-    num_cached: int = 0
-
-
 class LlamaCppModelRunner:
     """Computes engine steps with llama.cpp; `forward` puts every entry of a step in one batch (or a few, if it
     is longer than `n_batch` tokens)."""
@@ -92,11 +81,16 @@ class LlamaCppModelRunner:
         n_batch: int = 512,
         kv_cache_type: str = "f16",
         flash_attention: bool = False,
+        reuse_prefixes: bool = False,
+        min_reuse_tokens: int = 16,
+        min_copy_tokens: int = 64,
     ) -> None:
         """`kv_cache_type` "f32" makes logits of an F32 GGUF match a float32 reference to ~1e-5 instead of ~1e-3
         relative, at twice the KV memory. `flash_attention` stays off by default: with it, llama.cpp's CPU logits of
         a sequence change with what else is in the batch (measured: up to 0.35 on sequences of 64+ tokens), which
-        would break batch invariance (a seeded request must give the same tokens alone and in a busy batch)."""
+        would break batch invariance (a seeded request must give the same tokens alone and in a busy batch).
+        `reuse_prefixes` keeps finished requests' cells for later prompts that start the same way (see
+        `SlotPool`, which also explains the two thresholds)."""
         import llama_cpp
 
         if kv_cache_type not in _GGML_TYPES:
@@ -153,8 +147,10 @@ class LlamaCppModelRunner:
             raise ModelLoadError(f"llama.cpp gave {self.n_ctx_seq} cells per sequence, fewer than {max_model_len}")
         self._memory = llama_cpp.llama_get_memory(self._ctx)
         self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
-        self._slots: dict[str, _Slot] = {}
-        self._free_seq_ids = list(range(max_num_seqs - 1, -1, -1))  # pop() hands out 0 first
+        self._pool = SlotPool(
+            max_num_seqs, reuse_prefixes=reuse_prefixes, min_reuse_tokens=min_reuse_tokens,
+            min_copy_tokens=min_copy_tokens,
+        )  # fmt: skip
         logger.info(
             "llama.cpp: %s, vocab %d, %d sequences x %d cells, batch %d, %d threads",
             self.gguf_path.name, self.vocab_size, max_num_seqs, self.n_ctx_seq, n_batch, self.n_threads,
@@ -164,42 +160,66 @@ class LlamaCppModelRunner:
 
     @property
     def num_free_slots(self) -> int:
-        return len(self._free_seq_ids)
+        """Sequence ids a new request can take (retained ones included: their cache is dropped then)."""
+        return self._pool.num_free
+
+    @property
+    def num_retained_slots(self) -> int:
+        """Sequence ids of finished requests whose cells are kept for prefix reuse."""
+        return self._pool.num_retained
 
     def slot_of(self, request_id: str) -> int | None:
         """The llama.cpp sequence id `request_id` holds, if any (for tests and debugging)."""
-        slot = self._slots.get(request_id)
+        slot = self._pool.slot_of(request_id)
         return slot.seq_id if slot is not None else None
 
+    def lookup_prefix(self, request_id: str, token_ids: list[int]) -> int:
+        """How many leading tokens of a new request's `token_ids` need no computing: llama.cpp already holds
+        their K/V in some sequence, which this request's first `forward` takes over or copies. The scheduler's
+        prefix source on this backend."""
+        return self._pool.lookup(request_id, token_ids)
+
     def release(self, request_ids: Iterable[str]) -> None:
-        """Clear the cells of finished or aborted requests and free their sequence ids."""
+        """Free the sequence ids of finished, aborted or preempted requests (their cells kept for prefix reuse,
+        or cleared)."""
         for request_id in request_ids:
-            slot = self._slots.pop(request_id, None)
-            if slot is not None:
-                self._clear(slot.seq_id)
-                self._free_seq_ids.append(slot.seq_id)
+            op = self._pool.release(request_id)
+            if op is not None:
+                self._run_op(op)
 
-    def _clear(self, seq_id: int, from_position: int = 0) -> None:
-        self._lib.llama_memory_seq_rm(self._memory, seq_id, from_position, -1)
+    def _run_op(self, op: SlotOp) -> None:
+        lib, memory = self._lib, self._memory
+        if op.kind == "copy":
+            # Between sequences of a non-unified cache llama.cpp copies whole sequences; the buffer copy itself
+            # runs at the start of the next decode, before the batch writes any cell.
+            lib.llama_memory_seq_cp(memory, op.src_seq_id, op.seq_id, -1, -1)
+        lib.llama_memory_seq_rm(memory, op.seq_id, op.num_tokens, -1)
 
-    def _slot_for(self, entry: BatchEntry) -> _Slot:
-        """The entry's slot, taken on first sight; cells past `start_position` (a preempted request
-        recomputing from 0) are cleared first."""
-        slot = self._slots.get(entry.request_id)
-        if slot is None:
-            if not self._free_seq_ids:
-                raise EngineError(f"request {entry.request_id}: all {self.max_num_seqs} llama.cpp sequences are taken")
-            slot = self._slots[entry.request_id] = _Slot(self._free_seq_ids.pop())
-        if entry.start_position > slot.num_cached:
-            # Prefix-cache hits would land here: llama.cpp's cells are per sequence, so there is nothing to reuse.
-            raise ValueError(
-                f"request {entry.request_id} starts at position {entry.start_position} but only "
-                f"{slot.num_cached} positions are cached in llama.cpp (is prefix caching on?)"
-            )
-        if entry.start_position < slot.num_cached:
-            self._clear(slot.seq_id, entry.start_position)
-            slot.num_cached = entry.start_position
-        return slot
+    def _assign_slots(self, batch: list[BatchEntry]) -> list[int]:
+        """Sequence ids of the batch's entries, giving new requests theirs (with any cached prefix) first; cells
+        past an entry's `start_position` (a request recomputing from there) are dropped."""
+        new_ids = [e.request_id for e in batch if self._pool.slot_of(e.request_id) is None]
+        if new_ids:
+            if len(new_ids) > self._pool.num_free:
+                free = self._pool.num_free
+                raise EngineError(f"{len(new_ids)} new requests but only {free} free llama.cpp sequences")
+            for op in self._pool.assign(new_ids):
+                self._run_op(op)
+        seq_ids = []
+        for entry in batch:
+            slot = self._pool.slot_of(entry.request_id)
+            if slot is None:
+                raise EngineError(f"request {entry.request_id} got no llama.cpp sequence")
+            if entry.start_position > slot.num_cached:
+                raise ValueError(
+                    f"request {entry.request_id} starts at position {entry.start_position} but only "
+                    f"{slot.num_cached} positions are cached in llama.cpp"
+                )
+            if entry.start_position < slot.num_cached:
+                self._run_op(SlotOp("trim", slot.seq_id, entry.start_position))
+                del slot.tokens[entry.start_position :]
+            seq_ids.append(slot.seq_id)
+        return seq_ids
 
     # -- compute -------------------------------------------------------------------------------------------
 
@@ -212,16 +232,15 @@ class LlamaCppModelRunner:
         self._check_batch(batch)
         # Flatten to (token, position, seq id, wants logits); slots are resolved (and stale cells cleared) first.
         tokens: list[tuple[int, int, int, bool]] = []
-        for entry in batch:
-            slot = self._slot_for(entry)
+        for entry, seq_id in zip(batch, self._assign_slots(batch), strict=True):
             last = len(entry.token_ids) - 1
             for i, token_id in enumerate(entry.token_ids):
-                tokens.append((token_id, entry.start_position + i, slot.seq_id, entry.need_logits and i == last))
+                tokens.append((token_id, entry.start_position + i, seq_id, entry.need_logits and i == last))
         row = 0
         for begin in range(0, len(tokens), self.n_batch):
             row = self._decode(tokens[begin : begin + self.n_batch], logits, row)
         for entry in batch:
-            self._slots[entry.request_id].num_cached = entry.start_position + len(entry.token_ids)
+            self._pool.record(entry.request_id, entry.start_position, entry.token_ids)
         return logits
 
     def _decode(self, tokens: list[tuple[int, int, int, bool]], logits: torch.Tensor, row: int) -> int:
@@ -308,26 +327,16 @@ def build_llamacpp_engine(
     step_tokens = max(settings.max_num_batched_tokens, max_num_seqs)
     runner = LlamaCppModelRunner(
         gguf_path, max_num_seqs=max_num_seqs, max_model_len=max_model_len, n_threads=n_threads, n_batch=step_tokens,
-        kv_cache_type=kv_cache_type,
+        kv_cache_type=kv_cache_type, reuse_prefixes=settings.enable_prefix_caching,
+        min_reuse_tokens=settings.block_size,
     )  # fmt: skip
     if max_model_len > runner.n_ctx_train:
         logger.warning("max_model_len %d is past the model's training context %d", max_model_len, runner.n_ctx_train)
-    block_size = settings.block_size
     # Every running sequence owns max_model_len cells in llama.cpp, so blocks must never be the binding limit:
-    # the scheduler then never preempts (a preempted request would keep its llama.cpp sequence id while waiting).
-    num_blocks = max_num_seqs * math.ceil(max_model_len / block_size)
-    if settings.enable_prefix_caching:
-        logger.info("prefix caching is off on the llama.cpp backend: its KV cells belong to one sequence each")
-    config = SchedulerConfig(
-        max_num_seqs=max_num_seqs,
-        max_num_batched_tokens=step_tokens,
-        block_size=block_size,
-        max_model_len=max_model_len,
-        eos_token_ids=tokenizer.eos_token_ids,
-    )
-    kv = KVCacheManager(num_blocks, block_size, enable_prefix_caching=False)
+    # the scheduler then never preempts.
+    num_blocks = max_num_seqs * math.ceil(max_model_len / settings.block_size)
 
-    def grammar_compiler() -> GrammarCompiler:
-        return GrammarCompiler(tokenizer.hf, runner.vocab_size, tokenizer.eos_token_ids)
+    def prefix_source(seq: Sequence) -> int:
+        return runner.lookup_prefix(seq.request_id, seq.all_token_ids)
 
-    return LLMEngine(Scheduler(config, kv), runner, Sampler(), grammar_compiler)
+    return assemble_engine(settings, runner, tokenizer, num_blocks, max_model_len, runner.vocab_size, prefix_source)

@@ -1,0 +1,193 @@
+"""Which llama.cpp sequence ("slot") each request uses, and prefix reuse between slots. Pure Python: it plans,
+the llama.cpp runner carries the plan out.
+
+llama.cpp's KV cells belong to one sequence each (non-unified cache), so a cached prefix cannot be shared the way
+our paged blocks are; it can be *kept* and *copied*:
+
+- a finished request's slot keeps its cells and tokens ("retained", least recently used first) until a new
+  request needs the slot;
+- a new request whose prompt starts with a retained slot's tokens takes that slot over: the cells past the
+  common prefix are dropped and only the rest of the prompt is computed (the multi-turn chat case; no copy);
+- when the best source is still running, or several new requests want the same retained slot, the others get a
+  copy of its cells (a whole-sequence copy in llama.cpp, ~0.1 MB per cached position for the 0.6b shape) — only
+  worth it for long prefixes, hence `min_copy_tokens`.
+
+The scheduler learns a hit through `lookup` (wired as the KV cache manager's prefix source), which records a
+promise; `assign` then honours it in the same step. Promises live for one step.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+
+@dataclass
+class Slot:
+    """One llama.cpp sequence id and the tokens whose K/V its cells hold, by position."""
+
+    seq_id: int
+    tokens: list[int] = field(default_factory=list)
+
+    @property
+    def num_cached(self) -> int:
+        return len(self.tokens)
+
+
+@dataclass(frozen=True)
+class SlotOp:
+    """One llama.cpp memory operation, in plan order.
+
+    "trim": drop the cells of `seq_id` from position `num_tokens` on (0 clears it).
+    "copy": make `seq_id` hold the first `num_tokens` positions of `src_seq_id` (copy, then trim).
+    """
+
+    kind: Literal["trim", "copy"]
+    seq_id: int
+    num_tokens: int
+    src_seq_id: int = -1
+
+
+@dataclass(frozen=True)
+class _Promise:
+    source: Slot
+    num_tokens: int
+
+
+def common_prefix_length(a: list[int], b: list[int]) -> int:
+    """Length of the longest common prefix of two token lists."""
+    n = min(len(a), len(b))
+    if n == 0:
+        return 0
+    mismatch = np.flatnonzero(np.asarray(a[:n]) != np.asarray(b[:n]))
+    return int(mismatch[0]) if mismatch.size else n
+
+
+class SlotPool:
+    """Slots of live requests, retained slots (prefix cache) and free ones; see the module docstring."""
+
+    def __init__(self, num_slots: int, *, reuse_prefixes: bool, min_reuse_tokens: int = 16,
+                 min_copy_tokens: int = 64) -> None:  # fmt: skip
+        if num_slots < 1:
+            raise ValueError(f"num_slots must be >= 1, got {num_slots}")
+        if min_reuse_tokens < 1 or min_copy_tokens < min_reuse_tokens:
+            raise ValueError("need 1 <= min_reuse_tokens <= min_copy_tokens")
+        self.num_slots = num_slots
+        self.reuse_prefixes = reuse_prefixes
+        self.min_reuse_tokens = min_reuse_tokens
+        self.min_copy_tokens = min_copy_tokens
+        self._live: dict[str, Slot] = {}
+        self._retained: OrderedDict[int, Slot] = OrderedDict()  # by seq id, least recently released first
+        self._empty = list(range(num_slots - 1, -1, -1))  # pop() hands out 0 first
+        self._promises: dict[str, _Promise] = {}
+
+    # -- queries --------------------------------------------------------------------------------------------
+
+    @property
+    def num_free(self) -> int:
+        """Slots a new request can take: empty ones and retained ones (their cache is dropped then)."""
+        return len(self._empty) + len(self._retained)
+
+    @property
+    def num_retained(self) -> int:
+        return len(self._retained)
+
+    def slot_of(self, request_id: str) -> Slot | None:
+        return self._live.get(request_id)
+
+    # -- prefix lookup (schedule time) ---------------------------------------------------------------------
+
+    def lookup(self, request_id: str, token_ids: list[int]) -> int:
+        """Tokens of `token_ids` (a new request's prompt) whose K/V a slot already holds, at most all but the
+        last; records a promise that `assign` honours in this step. 0 when nothing worth reusing is cached."""
+        self._promises.pop(request_id, None)
+        if not self.reuse_prefixes or len(token_ids) < 2:
+            return 0
+        limit = len(token_ids) - 1
+        promised = {id(p.source) for p in self._promises.values()}
+        best: tuple[int, bool] = (0, False)  # (tokens, takes a retained slot over); larger is better
+        best_slot: Slot | None = None
+        for slot, retained in [(s, False) for s in self._live.values()] + [(s, True) for s in self._retained.values()]:
+            num = min(common_prefix_length(slot.tokens, token_ids), limit)
+            takeover = retained and id(slot) not in promised
+            if num < (self.min_reuse_tokens if takeover else self.min_copy_tokens):
+                continue
+            if (num, takeover) > best:
+                best, best_slot = (num, takeover), slot
+        if best_slot is None:
+            return 0
+        self._promises[request_id] = _Promise(best_slot, best[0])
+        return best[0]
+
+    # -- slot assignment (forward time) --------------------------------------------------------------------
+
+    def assign(self, new_request_ids: list[str]) -> list[SlotOp]:
+        """Give each new request a slot (its `num_cached` = the promised hit, else 0); returns the llama.cpp
+        operations to run, in order, before the batch is decoded. Clears every promise."""
+        promises = {r: p for r, p in self._promises.items() if r in set(new_request_ids)}
+        self._promises.clear()
+        ops: list[SlotOp] = []
+        sources = {id(p.source): p.source for p in promises.values()}
+        # A retained source goes to one of its promisers (the longest hit); the others, and promisers of live
+        # sources, copy. Copies run first: taking a slot over trims the cells they copy from.
+        takers: dict[int, str] = {}
+        for request_id, promise in promises.items():
+            slot = promise.source
+            if self._retained.get(slot.seq_id) is slot:
+                other = takers.get(id(slot))
+                if other is None or promises[other].num_tokens < promise.num_tokens:
+                    takers[id(slot)] = request_id
+        taking = set(takers.values())
+        pinned = {s.seq_id for s in sources.values() if self._retained.get(s.seq_id) is s}
+        for request_id, promise in promises.items():
+            if request_id in taking:
+                continue
+            slot = self._take_free(pinned, ops)
+            ops.append(SlotOp("copy", slot.seq_id, promise.num_tokens, promise.source.seq_id))
+            slot.tokens = promise.source.tokens[: promise.num_tokens]
+            self._live[request_id] = slot
+        for request_id in taking:
+            promise = promises[request_id]
+            slot = self._retained.pop(promise.source.seq_id)
+            ops.append(SlotOp("trim", slot.seq_id, promise.num_tokens))
+            del slot.tokens[promise.num_tokens :]
+            self._live[request_id] = slot
+        for request_id in new_request_ids:
+            if request_id not in self._live:
+                self._live[request_id] = self._take_free(set(), ops)
+        return ops
+
+    def _take_free(self, pinned: set[int], ops: list[SlotOp]) -> Slot:
+        """An empty slot, else the least recently retained one not in `pinned` (its cells cleared)."""
+        if self._empty:
+            return Slot(self._empty.pop())
+        for seq_id in self._retained:
+            if seq_id not in pinned:
+                slot = self._retained.pop(seq_id)
+                ops.append(SlotOp("trim", seq_id, 0))
+                return Slot(slot.seq_id)
+        raise RuntimeError(f"all {self.num_slots} llama.cpp sequences are taken")
+
+    # -- bookkeeping ---------------------------------------------------------------------------------------
+
+    def record(self, request_id: str, start_position: int, token_ids: list[int]) -> None:
+        """Note that `token_ids` were decoded into the request's slot from `start_position` on."""
+        slot = self._live[request_id]
+        del slot.tokens[start_position:]
+        slot.tokens.extend(token_ids)
+
+    def release(self, request_id: str) -> SlotOp | None:
+        """Free a finished, aborted or preempted request's slot: retained for reuse when prefix reuse is on and it
+        holds anything, else cleared (the returned operation)."""
+        self._promises.pop(request_id, None)
+        slot = self._live.pop(request_id, None)
+        if slot is None:
+            return None
+        if self.reuse_prefixes and slot.tokens:
+            self._retained[slot.seq_id] = slot
+            return None
+        self._empty.append(slot.seq_id)
+        return SlotOp("trim", slot.seq_id, 0)

@@ -1,0 +1,146 @@
+"""The llama.cpp slot planner: retained slots, takeover and copy of cached prefixes, eviction, promises."""
+
+from __future__ import annotations
+
+import pytest
+
+from qwen3_api.executors.slot_pool import SlotOp, SlotPool, common_prefix_length
+
+BASE = list(range(1000, 1100))  # a 100-token prompt
+
+
+def pool(num_slots: int = 4, *, reuse: bool = True) -> SlotPool:
+    return SlotPool(num_slots, reuse_prefixes=reuse, min_reuse_tokens=16, min_copy_tokens=64)
+
+
+def run_request(p: SlotPool, request_id: str, tokens: list[int]) -> int:
+    """Assign a slot (with whatever lookup promised), record the tokens as decoded; return the seq id."""
+    hit = p.lookup(request_id, tokens)
+    p.assign([request_id])
+    slot = p.slot_of(request_id)
+    assert slot is not None and slot.num_cached == hit
+    p.record(request_id, hit, tokens[hit:])
+    return slot.seq_id
+
+
+def test_common_prefix_length() -> None:
+    assert common_prefix_length([1, 2, 3], [1, 2, 4]) == 2
+    assert common_prefix_length([1, 2], [1, 2, 3]) == 2
+    assert common_prefix_length([], [1]) == 0
+    assert common_prefix_length([5], [6]) == 0
+
+
+def test_a_finished_requests_slot_is_taken_over_by_a_prompt_that_extends_it() -> None:
+    p = pool()
+    seq = run_request(p, "a", BASE)
+    assert p.release("a") is None and p.num_retained == 1
+    follow = BASE + [1, 2, 3]
+    assert p.lookup("b", follow) == 100
+    assert p.assign(["b"]) == [SlotOp("trim", seq, 100)]
+    slot = p.slot_of("b")
+    assert slot is not None and slot.seq_id == seq and slot.tokens == BASE and p.num_retained == 0
+
+
+def test_a_hit_never_covers_the_last_token() -> None:
+    p = pool()
+    run_request(p, "a", BASE)
+    p.release("a")
+    assert p.lookup("b", BASE) == 99  # the last token is computed again, for its logits
+    p.assign(["b"])
+    slot = p.slot_of("b")
+    assert slot is not None and slot.num_cached == 99
+
+
+def test_short_common_prefixes_are_not_reused() -> None:
+    p = pool()
+    retained = run_request(p, "a", BASE)
+    p.release("a")
+    assert p.lookup("b", BASE[:15] + [7] * 50) == 0
+    assert p.assign(["b"]) == []  # an empty slot, and the retained prefix survives
+    slot = p.slot_of("b")
+    assert slot is not None and slot.seq_id != retained and p.num_retained == 1
+
+
+def test_a_running_requests_prefix_is_copied_only_when_long() -> None:
+    p = pool()
+    source = run_request(p, "a", BASE)  # still running
+    assert p.lookup("short", BASE[:40] + [1]) == 0  # 40 < min_copy_tokens
+    assert p.lookup("long", BASE[:80] + [1]) == 80
+    ops = p.assign(["long"])
+    slot = p.slot_of("long")
+    assert slot is not None and slot.seq_id != source
+    assert ops == [SlotOp("copy", slot.seq_id, 80, source)]
+    assert slot.tokens == BASE[:80]
+
+
+def test_two_requests_wanting_one_retained_slot_copy_first_then_take_over() -> None:
+    p = pool()
+    source = run_request(p, "a", BASE)
+    p.release("a")
+    assert p.lookup("x", BASE[:70] + [1]) == 70
+    # The slot is promised already: the second request only gets it through a copy, so it needs a long prefix.
+    assert p.lookup("y", BASE[:90] + [2]) == 90
+    ops = p.assign(["x", "y"])
+    x, y = p.slot_of("x"), p.slot_of("y")
+    assert x is not None and y is not None
+    # The longer hit takes the slot over; the other copies before the trim drops the cells it needs.
+    assert y.seq_id == source and x.seq_id != source
+    assert ops == [SlotOp("copy", x.seq_id, 70, source), SlotOp("trim", source, 90)]
+    assert x.tokens == BASE[:70] and y.tokens == BASE[:90]
+
+
+def test_new_requests_evict_the_least_recently_retained_slot_but_not_a_promised_one() -> None:
+    p = pool(num_slots=3)
+    first = run_request(p, "a", BASE)
+    second = run_request(p, "b", [7] * 50)
+    third = run_request(p, "c", [8] * 50)
+    for request_id in ("a", "b", "c"):
+        p.release(request_id)
+    assert p.num_free == 3 and p.num_retained == 3
+    # "a" (released first) is promised to "x"; "y" and "z" take the next least recently released slots.
+    assert p.lookup("x", BASE + [1]) == 100
+    ops = p.assign(["y", "x", "z"])
+    slots = {r: p.slot_of(r) for r in ("x", "y", "z")}
+    assert {r: s.seq_id for r, s in slots.items() if s} == {"x": first, "y": second, "z": third}
+    assert SlotOp("trim", second, 0) in ops and SlotOp("trim", third, 0) in ops
+    assert SlotOp("trim", first, 100) in ops
+
+
+def test_a_promise_lasts_one_step() -> None:
+    p = pool()
+    run_request(p, "a", BASE)
+    p.release("a")
+    assert p.lookup("b", BASE + [1]) == 100
+    p.assign(["other"])  # "b" was not admitted this step
+    assert p.assign(["b"]) in ([], [SlotOp("trim", 0, 0)])
+    slot = p.slot_of("b")
+    assert slot is not None and slot.num_cached == 0
+
+
+def test_without_reuse_slots_are_cleared_at_release() -> None:
+    p = pool(reuse=False)
+    seq = run_request(p, "a", BASE)
+    assert p.release("a") == SlotOp("trim", seq, 0)
+    assert p.num_retained == 0 and p.lookup("b", BASE + [1]) == 0
+
+
+def test_record_overwrites_from_the_start_position() -> None:
+    p = pool()
+    run_request(p, "a", [1, 2, 3, 4])
+    p.record("a", 2, [9])
+    slot = p.slot_of("a")
+    assert slot is not None and slot.tokens == [1, 2, 9]
+
+
+def test_running_out_of_slots_is_an_error() -> None:
+    p = pool(num_slots=1)
+    run_request(p, "a", [1])
+    with pytest.raises(RuntimeError, match="sequences are taken"):
+        p.assign(["b"])
+
+
+def test_bad_thresholds_are_rejected() -> None:
+    with pytest.raises(ValueError):
+        SlotPool(2, reuse_prefixes=True, min_reuse_tokens=32, min_copy_tokens=16)
+    with pytest.raises(ValueError):
+        SlotPool(0, reuse_prefixes=True)
