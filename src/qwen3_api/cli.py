@@ -83,7 +83,7 @@ def make_test_model(
     init_std: Annotated[float, typer.Option(help="std of the random matrices")] = 0.02,
     num_layers: Annotated[Optional[int], typer.Option(help="override the shape's layer count")] = None,
     gguf: Annotated[
-        Optional[str], typer.Option(help="also write DIR/<dir name>-<type>.gguf for llama.cpp: F32|F16|Q8_0")
+        Optional[str], typer.Option(help="also write DIR/<dir name>-<type>.gguf for llama.cpp: F32|F16|Q8_0|Q4_0")
     ] = None,
 ) -> None:
     """Build a model directory: the real Qwen3 tokenizer and seeded random weights in a real Qwen3 shape."""

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from safetensors.numpy import load_file
 
 from qwen3_api.engine.tokenizer import Tokenizer
 from qwen3_api.models.gguf import read_gguf_metadata
@@ -48,7 +49,6 @@ def field_value(reader, key: str):  # type: ignore[no-untyped-def]
 
 
 def test_gguf_reader_sees_the_metadata_and_weights_llama_cpp_needs(tiny_q8: Path, tiny_model_dir: Path) -> None:
-    from safetensors.numpy import load_file
 
     reader = gguf.GGUFReader(tiny_q8)
     expected = {
@@ -113,7 +113,7 @@ def test_gguf_reader_sees_the_metadata_and_weights_llama_cpp_needs(tiny_q8: Path
         ), key
 
 
-@pytest.mark.parametrize("qtype", ["F32", "Q8_0"])
+@pytest.mark.parametrize("qtype", ["F32", "Q8_0", "Q4_0"])
 def test_llama_cpp_loads_and_runs_the_file(qtype: str, hf_tokenizer: Tokenizer) -> None:
     path = cached_test_gguf(qtype, shape="tiny")  # type: ignore[arg-type]
     llm = llama_cpp.Llama(model_path=str(path), n_ctx=64, n_threads=1, logits_all=True, verbose=False)
@@ -125,6 +125,24 @@ def test_llama_cpp_loads_and_runs_the_file(qtype: str, hf_tokenizer: Tokenizer) 
     assert llm.token_eos() == 151645 and llm.n_vocab() == VOCAB_SIZE
 
 
+def test_q4_0_file_quantizes_layers_to_4_bits_and_keeps_the_embedding_at_8(tiny_model_dir: Path) -> None:
+    reader = gguf.GGUFReader(cached_test_gguf("Q4_0", shape="tiny"))
+    assert field_value(reader, "general.file_type") == int(gguf.LlamaFileType.MOSTLY_Q4_0)
+    tensors = {t.name: t for t in reader.tensors}
+    assert tensors["token_embd.weight"].tensor_type == gguf.GGMLQuantizationType.Q8_0
+    assert tensors["output_norm.weight"].tensor_type == gguf.GGMLQuantizationType.F32
+    source = load_file(tiny_model_dir / "model.safetensors")
+    for hf_name, gguf_name in [("model.layers.1.mlp.down_proj.weight", "blk.1.ffn_down.weight"),
+                               ("model.layers.0.self_attn.q_proj.weight", "blk.0.attn_q.weight")]:  # fmt: skip
+        tensor = tensors[gguf_name]
+        assert tensor.tensor_type == gguf.GGMLQuantizationType.Q4_0, gguf_name
+        weights = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
+        expected = source[hf_name]
+        # 16 levels per block of 32: error up to one step, i.e. a block's max |w| / 8.
+        np.testing.assert_allclose(weights, expected, atol=np.abs(expected).max() / 8, err_msg=gguf_name)
+        assert np.abs(weights - expected).max() > np.abs(expected).max() / 127  # really coarser than 8 bits
+
+
 def test_cached_gguf_is_built_once_next_to_the_model(tiny_q8: Path, tiny_model_dir: Path) -> None:
     assert tiny_q8.parent == tiny_model_dir.parent
     assert tiny_q8.name == f"{tiny_model_dir.name}-Q8_0.gguf"
@@ -132,7 +150,7 @@ def test_cached_gguf_is_built_once_next_to_the_model(tiny_q8: Path, tiny_model_d
     assert cached_test_gguf("q8_0", shape="tiny") == tiny_q8  # any case
     assert tiny_q8.stat().st_mtime_ns == mtime
     assert not list(tiny_q8.parent.glob(f"{tiny_q8.name}.*.partial"))
-    with pytest.raises(ValueError, match="F32, F16, Q8_0"):
+    with pytest.raises(ValueError, match="F32, F16, Q8_0, Q4_0"):
         cached_test_gguf("Q4_K", shape="tiny")  # type: ignore[arg-type]
 
 
@@ -140,7 +158,7 @@ def test_test_model_spec_takes_a_gguf_type() -> None:
     assert parse_test_model_spec("test:tiny:gguf=q8_0") == {"shape": "tiny", "gguf": "Q8_0"}
     assert parse_test_model_spec("test:0.6b:seed=2,gguf=F16") == {"shape": "0.6b", "seed": 2, "gguf": "F16"}
     with pytest.raises(ValueError, match="unknown GGUF type"):
-        parse_test_model_spec("test:tiny:gguf=Q4_0")
+        parse_test_model_spec("test:tiny:gguf=Q4_K")
 
 
 # --- the tokenizer the GGUF carries -------------------------------------------------------------------------

@@ -21,10 +21,10 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-GGUFType = Literal["F32", "F16", "Q8_0"]
+GGUFType = Literal["F32", "F16", "Q8_0", "Q4_0"]
 GGUF_TYPES: tuple[str, ...] = get_args(GGUFType)
-# Q8_0 packs 32 weights per block along each row (the input dimension).
-Q8_0_BLOCK = 32
+# Q8_0 and Q4_0 pack 32 weights per block along each row (the input dimension).
+QUANT_BLOCK = 32
 
 
 def parse_gguf_type(name: str) -> GGUFType:
@@ -126,10 +126,11 @@ def _add_hyperparameters(writer: Any, config: dict[str, Any], qtype: GGUFType, n
         "F32": gguf.LlamaFileType.ALL_F32,
         "F16": gguf.LlamaFileType.MOSTLY_F16,
         "Q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
+        "Q4_0": gguf.LlamaFileType.MOSTLY_Q4_0,
     }[qtype]
     writer.add_name(name)
     writer.add_file_type(int(file_type))
-    if qtype == "Q8_0":
+    if qtype in ("Q8_0", "Q4_0"):
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     writer.add_context_length(int(config["max_position_embeddings"]))
     writer.add_embedding_length(int(config["hidden_size"]))
@@ -163,13 +164,17 @@ def _tensor_headers(files: list[Path]) -> Iterator[tuple[str, list[int], Path]]:
                 yield name, list(info["shape"]), file
 
 
-def _storage(shape: list[int], qtype: GGUFType) -> Any:
-    """The GGML type a tensor of `shape` is stored as: norms (1-D) stay F32; Q8_0 needs rows divisible by 32."""
+def _storage(shape: list[int], qtype: GGUFType, gguf_name: str) -> Any:
+    """The GGML type a tensor is stored as: norms (1-D) stay F32; quantized types need rows divisible by 32. In
+    4-bit files the token embedding, which is also the output head when tied, stays Q8_0, as llama.cpp's
+    quantizer keeps the output tensor at higher precision."""
     import gguf
 
     if len(shape) < 2 or qtype == "F32":
         return gguf.GGMLQuantizationType.F32
-    if qtype == "Q8_0" and shape[-1] % Q8_0_BLOCK == 0:
+    if qtype in ("Q8_0", "Q4_0") and shape[-1] % QUANT_BLOCK == 0:
+        if qtype == "Q4_0" and gguf_name not in ("token_embd.weight", "output.weight"):
+            return gguf.GGMLQuantizationType.Q4_0
         return gguf.GGMLQuantizationType.Q8_0
     return gguf.GGMLQuantizationType.F16
 
@@ -211,7 +216,7 @@ def write_gguf(model_dir: Path, out_file: Path, qtype: GGUFType = "F32") -> Path
         gguf_name = name_map.get_name(hf_name, try_suffixes=(".weight", ".bias"))
         if gguf_name is None:
             raise ValueError(f"{model_dir}: no GGUF name for tensor {hf_name!r}")
-        storage = _storage(shape, qtype)
+        storage = _storage(shape, qtype, gguf_name)
         if storage in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16):
             dtype = np.dtype(np.float32 if storage == gguf.GGMLQuantizationType.F32 else np.float16)
             nbytes = int(np.prod(shape)) * dtype.itemsize

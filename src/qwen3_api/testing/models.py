@@ -215,7 +215,7 @@ def cached_test_model(
 def parse_test_model_spec(spec: str) -> dict[str, object]:
     """Parse `test:SHAPE[:key=value,...]`, e.g. `test:tiny` or `test:0.6b:dtype=bfloat16,seed=1`.
 
-    `gguf=F32|F16|Q8_0` asks for the model as a GGUF file of that type (see `qwen3_api.models.gguf`).
+    `gguf=F32|F16|Q8_0|Q4_0` asks for the model as a GGUF file of that type (see `qwen3_api.models.gguf`).
     """
     from qwen3_api.testing.gguf import parse_gguf_type
 
