@@ -8,7 +8,9 @@ Both servers get the same requests: OpenAI completions, streamed, temperature 0,
 both accept: `logit_bias` -100 on Qwen3's end tokens (llama_cpp.server has no `ignore_eos`, and would silently
 drop the field). Targets: c=1 output tok/s >= 0.95x theirs; c=4 aggregate >= 2x theirs (their server runs one
 request at a time). Also the TTFT of a prompt sharing most of its tokens with the previous one: their server
-reuses the previous prompt's KV; ours has no prefix reuse on this backend yet, so expect theirs to win that row.
+reuses the previous prompt's KV; ours takes over the finished request's llama.cpp sequence (target: lower than
+theirs). Last, each file's c=1 decode rate against the memory-bandwidth limit: bandwidth / bytes of the file's
+tensors (every weight is read once per token; with tied embeddings the embedding matrix is the output head).
 Needs `llama_cpp.server`'s extra dependencies (fastapi, uvicorn, sse-starlette, starlette-context,
 pydantic-settings). Timings on 2 cores collapse when another process competes: run on an idle machine.
 """
@@ -29,6 +31,7 @@ from qwen3_api.bench.apis import OpenAICompletionsApi, RequestStyle
 from qwen3_api.bench.loadgen import LoadGenerator, request_seed
 from qwen3_api.bench.metrics import BenchResult, summarize
 from qwen3_api.bench.prompts import PromptBuilder
+from qwen3_api.bench.roofline import measure_read_bandwidth
 from qwen3_api.bench.server_process import ServerProcess, free_port
 from qwen3_api.testing.gguf import cached_test_gguf, parse_gguf_type
 from qwen3_api.testing.models import END_TOKEN_IDS, cached_test_model
@@ -101,6 +104,13 @@ async def prefix_ttft(url: str, builder: PromptBuilder, args: argparse.Namespace
     return statistics.median(cold), statistics.median(warm)
 
 
+def gguf_weight_bytes(path: Path) -> int:
+    """Bytes of all tensors in a GGUF file: what one decode step reads (headers are memory-mapped, not read)."""
+    import gguf
+
+    return sum(int(tensor.n_bytes) for tensor in gguf.GGUFReader(path).tensors)
+
+
 def run_server(
     name: str, gguf: Path, builder: PromptBuilder, args: argparse.Namespace, log_dir: Path
 ) -> dict[Any, Any]:
@@ -142,11 +152,15 @@ def main() -> None:
     args = parser.parse_args()
     shapes = [args.shape] + (["4b"] if args.with_4b and args.shape != "4b" else [])
     log_dir = Path(tempfile.mkdtemp(prefix="bench-llamacpp-"))
+    bandwidth = measure_read_bandwidth(num_threads=args.threads)
+    print(f"memory read bandwidth: {bandwidth:.1f} GB/s", flush=True)
     for shape in shapes:
-        model_dir = cached_test_model(shape)
+        # The 4b shape is built in bfloat16, as Qwen3 checkpoints are (float32 would need ~17 GB).
+        dtype = "bfloat16" if shape == "4b" else "float32"
+        model_dir = cached_test_model(shape, dtype=dtype)
         builder = PromptBuilder.from_tokenizer_dir(model_dir)
         for qtype in (parse_gguf_type(q) for q in args.qtypes.split(",")):
-            gguf = cached_test_gguf(qtype, shape=shape)
+            gguf = cached_test_gguf(qtype, shape=shape, dtype=dtype)
             print(f"{shape} {qtype}: {gguf}", flush=True)
             try:
                 theirs, ours = (run_server(name, gguf, builder, args, log_dir) for name in SERVERS)
@@ -160,7 +174,17 @@ def main() -> None:
             (tc, tw), (oc, ow) = theirs["prefix"], ours["prefix"]
             print(
                 f"  TTFT {args.prefix_tokens}-token prompt, cold/90%-shared ms: theirs {tc:.0f}/{tw:.0f}, "
-                f"ours {oc:.0f}/{ow:.0f}"
+                f"ours {oc:.0f}/{ow:.0f}" + (f" (target: ours warm < theirs warm: {'PASS' if ow < tw else 'MISS'})")
+            )
+            if 1 not in args.concurrency:
+                continue
+            weight_gb = gguf_weight_bytes(gguf) / 1e9
+            limit = bandwidth / weight_gb
+            od, td = ours[1].decode_tokens_per_s, theirs[1].decode_tokens_per_s
+            print(
+                f"  c=1 decode: ours {od:.2f}, theirs {td:.2f} tok/s; bandwidth limit {limit:.2f} tok/s "
+                f"({bandwidth:.1f} GB/s / {weight_gb:.2f} GB) = ours {od / limit:.2f} of the limit",
+                flush=True,
             )
 
 

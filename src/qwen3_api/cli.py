@@ -39,12 +39,15 @@ def serve(
     port: Annotated[Optional[int], typer.Option(help="listen port [default 2025]")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto|cpu|cuda")] = None,
     dtype: Annotated[Optional[str], typer.Option(help="auto|float32|bfloat16|float16")] = None,
-    backend: Annotated[Optional[str], typer.Option(help="auto|torch|reference")] = None,
+    backend: Annotated[Optional[str], typer.Option(help="auto|torch|llamacpp|reference")] = None,
     quantize: Annotated[Optional[str], typer.Option(help="none|int8 (torch backend)")] = None,
     max_num_seqs: Annotated[Optional[int], typer.Option(help="sequences decoded together")] = None,
     max_num_batched_tokens: Annotated[Optional[int], typer.Option(help="token budget per step")] = None,
     kv_cache_memory: Annotated[Optional[float], typer.Option(help="KV cache budget in GiB")] = None,
     max_model_len: Annotated[Optional[int], typer.Option(help="context limit")] = None,
+    enable_prefix_caching: Annotated[
+        Optional[bool], typer.Option(help="reuse the KV of repeated prompt prefixes [default on]")
+    ] = None,
     max_num_return_sequences: Annotated[Optional[int], typer.Option(help="cap of num_return_sequences")] = None,
     log_level: Annotated[Optional[str], typer.Option(help="debug|info|warning|error")] = None,
 ) -> None:
@@ -57,7 +60,7 @@ def serve(
         model=model, host=host, port=port, device=device, dtype=dtype, backend=backend, quantize=quantize,
         max_num_seqs=max_num_seqs,
         max_num_batched_tokens=max_num_batched_tokens, kv_cache_memory=kv_cache_memory, max_model_len=max_model_len,
-        max_num_return_sequences=max_num_return_sequences, log_level=log_level,
+        enable_prefix_caching=enable_prefix_caching, max_num_return_sequences=max_num_return_sequences, log_level=log_level,
     )  # fmt: skip
     configure_logging(settings.log_level)
     server: uvicorn.Server | None = None

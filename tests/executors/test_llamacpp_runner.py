@@ -229,7 +229,7 @@ def test_a_gap_in_positions_is_rejected(runner: LlamaCppModelRunner) -> None:
 
 def test_more_requests_than_sequences_is_an_engine_error(runner: LlamaCppModelRunner) -> None:
     runner.forward([BatchEntry([1], 0, [], True, f"s{i}") for i in range(4)])
-    with pytest.raises(EngineError, match="sequences are taken"):
+    with pytest.raises(EngineError, match="only 0 free llama.cpp sequences"):
         runner.forward([BatchEntry([1], 0, [], True, "s4")])
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -19,8 +18,6 @@ def scrape(server: ServerProcess) -> dict[str, float]:
 
 
 def test_metrics_count_requests_and_prefix_hits(torch_server: ServerProcess) -> None:
-    if "gguf=" in torch_server.model:
-        pytest.skip("no prefix caching on the llama.cpp backend yet (its KV cells belong to one sequence each)")
     before = scrape(torch_server)
     prompt = {"prompt": "the same long prompt " * 12, "max_length": 2, "temperature": 0}
     for _ in range(2):

@@ -107,7 +107,7 @@ def test_invalid_input_is_422_naming_the_field(server: ServerProcess, body: dict
 
 @pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity"])
 def test_non_finite_numbers_are_422(server: ServerProcess, value: str) -> None:
-    response = post(server, None, raw='{"prompt": "x", "temperature": %s}' % value)
+    response = post(server, None, raw=f'{{"prompt": "x", "temperature": {value}}}')
     assert response.status_code == 422, response.text
     assert any("temperature" in error["loc"] for error in response.json()["detail"])
 

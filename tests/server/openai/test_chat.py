@@ -32,8 +32,6 @@ def test_chat_completion_shape_and_usage(client: openai.OpenAI, model_id: str) -
 
 
 def test_repeated_prompt_reports_cached_tokens(client: openai.OpenAI, model_id: str, torch_server: ServerProcess) -> None:
-    if "gguf=" in torch_server.model:
-        pytest.skip("no prefix caching on the llama.cpp backend yet (its KV cells belong to one sequence each)")
     messages = [{"role": "user", "content": "A long shared question " * 20}]
     client.chat.completions.create(model=model_id, messages=messages, max_tokens=2, temperature=0)
     again = client.chat.completions.create(model=model_id, messages=messages, max_tokens=2, temperature=0)
