@@ -99,7 +99,9 @@ class Target:
     def line(self) -> str:
         sign = ">=" if self.higher_is_better else "<="
         measured = "-" if math.isnan(self.measured) else f"{self.measured:.2f}x"
-        return f"{self.verdict:<4}  [{self.dtype}] {self.name}: {measured} (target {sign} {self.target}x); {self.detail}"
+        return (
+            f"{self.verdict:<4}  [{self.dtype}] {self.name}: {measured} (target {sign} {self.target}x); {self.detail}"
+        )
 
 
 def in_subprocess(fn: Callable[..., T], *args: Any) -> T:
@@ -144,8 +146,8 @@ def server_for(
             command += ["--backend", "reference"]
         else:
             command += [
-                "--backend", "torch", "--quantize", "none", "--max-num-seqs", str(max(max_seqs, 8)), "--kv-cache-memory",
-                str(args.kv_cache_gib), "--max-model-len", str(args.max_model_len),
+                "--backend", "torch", "--quantize", "none", "--max-num-seqs", str(max(max_seqs, 8)),
+                "--kv-cache-memory", str(args.kv_cache_gib), "--max-model-len", str(args.max_model_len),
                 "--max-num-batched-tokens", str(args.max_batch_tokens),
             ]  # fmt: skip
         return ServerProcess(LABELS[key], command, port, ["/health"], log_path, env)
@@ -292,9 +294,11 @@ def targets_for(rows: list[Row], prefixes: list[PrefixResult], dtypes: list[str]
         targets.append(ratio_target("c=1 decode, torch engine / HF generate", dtype,
                                     find(rows, "c", dtype, 1), find(rows, "a", dtype, 1), 1.0, True))  # fmt: skip
         targets.append(ratio_target(f"c={c_max} output tok/s, torch engine / reference backend", dtype,
-                                    find(rows, "c", dtype, c_max), find(rows, "b", dtype, c_max), 3.0, False))  # fmt: skip
+                                    find(rows, "c", dtype, c_max), find(rows, "b", dtype, c_max),
+                                    3.0, False))  # fmt: skip
         targets.append(ratio_target(f"c={c_max} output tok/s, torch engine / transformers serve --cb", dtype,
-                                    find(rows, "c", dtype, c_max), find(rows, "d", dtype, c_max), 1.5, False))  # fmt: skip
+                                    find(rows, "c", dtype, c_max), find(rows, "d", dtype, c_max),
+                                    1.5, False))  # fmt: skip
     for p in prefixes:
         detail = (
             f"median TTFT {statistics.median(p.warm_ttft_ms):.0f} ms with a {p.shared_fraction:.0%} shared prefix "

@@ -26,29 +26,31 @@ def measure(model: str, extra: list[str], timeout: float) -> tuple[float, float,
     import subprocess
 
     port = free_port()
-    log = tempfile.NamedTemporaryFile(prefix="startup-", suffix=".log", delete=False)
-    started = time.perf_counter()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "qwen3_api.cli", "serve", "--model", model, "--port", str(port), *extra],
-        stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    try:
-        while time.perf_counter() - started < timeout:
-            if process.poll() is not None:
-                raise RuntimeError(f"server exited; log in {log.name}")
-            try:
-                if requests.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200:
-                    ready = time.perf_counter() - started
-                    requests.post(f"http://127.0.0.1:{port}/generate", json={"prompt": "hi", "max_length": 4}, timeout=120)
-                    current, peak = rss_mib(process.pid)
-                    return ready, current, peak
-            except requests.RequestException:
-                pass
-            time.sleep(0.1)
-        raise TimeoutError(f"not healthy in {timeout} s; log in {log.name}")
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+    with tempfile.NamedTemporaryFile(prefix="startup-", suffix=".log", delete=False) as log:
+        started = time.perf_counter()
+        process = subprocess.Popen(
+            [sys.executable, "-m", "qwen3_api.cli", "serve", "--model", model, "--port", str(port), *extra],
+            stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        try:
+            while time.perf_counter() - started < timeout:
+                if process.poll() is not None:
+                    raise RuntimeError(f"server exited; log in {log.name}")
+                try:
+                    if requests.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200:
+                        ready = time.perf_counter() - started
+                        requests.post(
+                            f"http://127.0.0.1:{port}/generate", json={"prompt": "hi", "max_length": 4}, timeout=120
+                        )
+                        current, peak = rss_mib(process.pid)
+                        return ready, current, peak
+                except requests.RequestException:
+                    pass
+                time.sleep(0.1)
+            raise TimeoutError(f"not healthy in {timeout} s; log in {log.name}")
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
 
 
 def main() -> None:

@@ -12,7 +12,9 @@ import typer
 from qwen3_api.bench.cli import bench_command
 from qwen3_api.config import Settings
 
-app = typer.Typer(help="Serve Qwen3 models: the original /generate API on our own batching engine.", no_args_is_help=True)
+app = typer.Typer(
+    help="Serve Qwen3 models: the original /generate API on our own batching engine.", no_args_is_help=True
+)
 
 
 def configure_logging(level: str) -> None:
@@ -60,7 +62,8 @@ def serve(
         model=model, host=host, port=port, device=device, dtype=dtype, backend=backend, quantize=quantize,
         max_num_seqs=max_num_seqs,
         max_num_batched_tokens=max_num_batched_tokens, kv_cache_memory=kv_cache_memory, max_model_len=max_model_len,
-        enable_prefix_caching=enable_prefix_caching, max_num_return_sequences=max_num_return_sequences, log_level=log_level,
+        enable_prefix_caching=enable_prefix_caching, max_num_return_sequences=max_num_return_sequences,
+        log_level=log_level,
     )  # fmt: skip
     configure_logging(settings.log_level)
     server: uvicorn.Server | None = None
@@ -161,7 +164,9 @@ def chat(
             continue
         try:
             for kind, piece in session.ask(text):
-                console.print(piece, end="", style="dim" if kind == "reasoning" else None, markup=False, highlight=False)
+                console.print(
+                    piece, end="", style="dim" if kind == "reasoning" else None, markup=False, highlight=False
+                )
         except (RuntimeError, OSError) as exc:
             console.print(f"\n[red]error: {exc}[/red]")
         console.print()

@@ -25,9 +25,12 @@ class Settings(BaseSettings):
     port: int = Field(2025, ge=0, le=65535, description="port to listen on")
     device: Device = Field("auto", description="auto picks cuda when available, else cpu")
     dtype: DType = Field("auto", description="auto: bfloat16 on CUDA, float32 on CPU")
-    backend: Backend = Field("auto", description="torch: our batching engine; llamacpp: GGUF models; reference: HF generate, one at a time")
+    backend: Backend = Field(
+        "auto", description="torch: our batching engine; llamacpp: GGUF models; reference: HF generate, one at a time"
+    )
     quantize: Quantization = Field(
-        "auto", description="int8: weight-only int8 weights made at load (torch backend); auto: int8 on CPU, none on GPU"
+        "auto",
+        description="int8: weight-only int8 weights made at load (torch backend); auto: int8 on CPU, none on GPU",
     )
     max_num_seqs: int = Field(16, ge=1, le=1024, description="most sequences decoded together in one step")
     max_num_batched_tokens: int = Field(512, ge=16, description="token budget of one engine step (chunked prefill)")

@@ -63,8 +63,9 @@ def run_hf_generate(
         ended = time.perf_counter()
         times = timer.times
         return RequestOutput(
-            success=True, prompt_tokens=int(encoded["input_ids"].shape[1]), output_tokens=len(times), text_events=len(times),
-            output_tokens_source="generated ids", ttft=(times[0] if times else ended) - started, e2e=ended - started,
+            success=True, prompt_tokens=int(encoded["input_ids"].shape[1]), output_tokens=len(times),
+            text_events=len(times), output_tokens_source="generated ids",
+            ttft=(times[0] if times else ended) - started, e2e=ended - started,
             itl=[b - a for a, b in pairwise(times)],
         )  # fmt: skip
 

@@ -91,7 +91,7 @@ class PagedAttentionMetadata:
         decode_lens: list[int] = []
         prefill_specs: list[tuple[int, int, int, list[int]]] = []
         row = 0
-        for n, start, table in zip(query_lens, start_positions, block_tables):
+        for n, start, table in zip(query_lens, start_positions, block_tables, strict=True):
             end = start + n
             for pos in range(start, end):
                 slots.append(table[pos // block_size] * block_size + pos % block_size)

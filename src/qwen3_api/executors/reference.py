@@ -74,7 +74,12 @@ class ReferenceCore:
     """EngineCore backed by HF `generate`; requests run strictly one after another."""
 
     def __init__(
-        self, model_dir: Path, dtype: torch.dtype, device: torch.device, eos_token_ids: tuple[int, ...], max_model_len: int
+        self,
+        model_dir: Path,
+        dtype: torch.dtype,
+        device: torch.device,
+        eos_token_ids: tuple[int, ...],
+        max_model_len: int,
     ) -> None:
         self.device = device
         self.eos_token_ids = eos_token_ids

@@ -225,9 +225,9 @@ def _sample_random(logits: torch.Tensor, params: list[SamplingParams], uniform: 
             chosen, covered = _sample_top(
                 _take(sub_scaled, pending), [sub_params[j] for j in pending], sub_uniform[pending], candidates
             )
-            done = [j for j, ok in zip(pending, covered.tolist()) if ok]
+            done = [j for j, ok in zip(pending, covered.tolist(), strict=True) if ok]
             tokens[done] = chosen[covered]
-            pending = [j for j, ok in zip(pending, covered.tolist()) if not ok]
+            pending = [j for j, ok in zip(pending, covered.tolist(), strict=True) if not ok]
             if not pending:
                 break
         token_ids[truncated] = tokens
@@ -310,8 +310,8 @@ def _collect_logprobs(
         values, indices = log_probs.topk(max_top, dim=-1)  # sorted, most likely first
         top_values, top_ids = values.tolist(), indices.tolist()
     result: dict[int, TokenLogprob] = {}
-    for j, (i, token_id) in enumerate(zip(logprob_rows, chosen_ids.tolist())):
+    for j, (i, token_id) in enumerate(zip(logprob_rows, chosen_ids.tolist(), strict=True)):
         k = rows[i].params.logprobs or 0
-        top = tuple(zip(top_ids[j][:k], top_values[j][:k]))
+        top = tuple(zip(top_ids[j][:k], top_values[j][:k], strict=True))
         result[i] = TokenLogprob(token_id=token_id, logprob=chosen[j], top=top)
     return result

@@ -90,7 +90,7 @@ def _shard_files(model_dir: Path) -> dict[str, Path]:
         return {name: model_dir / file for name, file in weight_map.items()}
     if single.is_file():
         with safe_open(single, framework="pt") as f:
-            return {name: single for name in f.keys()}
+            return {name: single for name in f.keys()}  # noqa: SIM118 - safe_open is not iterable, only .keys()
     raise ModelLoadError(
         f"no model.safetensors or model.safetensors.index.json in {model_dir}; "
         "only safetensors checkpoints are supported"

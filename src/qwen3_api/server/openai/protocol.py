@@ -176,9 +176,8 @@ class ChatCompletionRequest(SamplingFields):
     def _consistent(self) -> ChatCompletionRequest:
         if self.top_logprobs is not None and not self.logprobs:
             raise ValueError("top_logprobs needs logprobs: true")
-        if isinstance(self.tool_choice, NamedToolChoice) or self.tool_choice == "required":
-            if not self.tools:
-                raise ValueError("tool_choice 'required' or a named function needs tools")
+        if (isinstance(self.tool_choice, NamedToolChoice) or self.tool_choice == "required") and not self.tools:
+            raise ValueError("tool_choice 'required' or a named function needs tools")
         if isinstance(self.tool_choice, NamedToolChoice):
             names = {tool.function.name for tool in self.tools or []}
             if self.tool_choice.function.name not in names:

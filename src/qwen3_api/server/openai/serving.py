@@ -59,7 +59,9 @@ class OpenAIServing:
 
     def check_model(self, model: str) -> None:
         if model not in served_model_names(self.engine):
-            raise ModelNotFoundError(f"the model {model!r} does not exist; this server serves {self.engine.model_name!r}", "model")
+            raise ModelNotFoundError(
+                f"the model {model!r} does not exist; this server serves {self.engine.model_name!r}", "model"
+            )
 
     def check_n(self, n: int) -> None:
         cap = self.settings.max_num_return_sequences
@@ -70,7 +72,9 @@ class OpenAIServing:
         """Default max_tokens: whatever the context leaves (at least 1, so an overflowing prompt is reported)."""
         return max(1, self.engine.max_model_len - len(prompt_token_ids))
 
-    def streams(self, prompt_token_ids: list[int], params: SamplingParams, n: int) -> list[AsyncIterator[RequestOutput]]:
+    def streams(
+        self, prompt_token_ids: list[int], params: SamplingParams, n: int
+    ) -> list[AsyncIterator[RequestOutput]]:
         return self.engine.generate_siblings(prompt_token_ids, params, n)
 
     async def generate_all(self, prompt_token_ids: list[int], params: SamplingParams, n: int) -> list[FinalOutput]:
@@ -91,7 +95,11 @@ class OpenAIServing:
             pairs = pairs[:-1]
 
         def entry(token_id: int, logprob: float) -> dict[str, Any]:
-            return {"token": tokenizer.token_text(token_id), "logprob": logprob, "bytes": list(tokenizer.token_bytes(token_id))}
+            return {
+                "token": tokenizer.token_text(token_id),
+                "logprob": logprob,
+                "bytes": list(tokenizer.token_bytes(token_id)),
+            }
 
         return [
             {**entry(token_id, lp.logprob), "top_logprobs": [entry(t, v) for t, v in lp.top]} for token_id, lp in pairs

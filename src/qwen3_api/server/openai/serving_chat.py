@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -67,10 +68,8 @@ def _template_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:
         if entry["role"] == "developer":
             entry["role"] = "system"
         for call in entry.get("tool_calls", []):
-            try:
+            with contextlib.suppress(ValueError):  # the template writes a string argument verbatim
                 call["function"]["arguments"] = json.loads(call["function"]["arguments"])
-            except ValueError:
-                pass  # the template writes a string argument verbatim
         rendered.append(entry)
     return rendered
 
@@ -124,7 +123,9 @@ class ChatServing(OpenAIServing):
             definitions = [{"name": f.name, "parameters": f.parameters or {"type": "object"}} for f in functions]
             named = isinstance(tool_choice, NamedToolChoice)  # a named function is called exactly once
             return StructuredOutput(
-                kind="tool_calls", tools=json.dumps(definitions), allow_multiple=request.parallel_tool_calls and not named
+                kind="tool_calls",
+                tools=json.dumps(definitions),
+                allow_multiple=request.parallel_tool_calls and not named,
             )
         response_format = request.response_format
         if response_format is None or response_format.type == "text":
@@ -171,7 +172,9 @@ class ChatServing(OpenAIServing):
     async def stream(self, request: ChatCompletionRequest, prepared: PreparedChat) -> AsyncIterator[str]:
         chunk_id, created = completion_id("chatcmpl"), now()
         states = [
-            _ChoiceState(ReasoningParser(prepared.starts_in_reasoning), ToolCallParser() if prepared.parse_tools else None)
+            _ChoiceState(
+                ReasoningParser(prepared.starts_in_reasoning), ToolCallParser() if prepared.parse_tools else None
+            )
             for _ in range(prepared.n)
         ]
 
@@ -201,7 +204,9 @@ class ChatServing(OpenAIServing):
             yield error_event(exc)
         yield DONE
 
-    def _deltas(self, index: int, state: _ChoiceState, out: RequestOutput, prepared: PreparedChat, chunk: Any) -> list[str]:
+    def _deltas(
+        self, index: int, state: _ChoiceState, out: RequestOutput, prepared: PreparedChat, chunk: Any
+    ) -> list[str]:
         state.completion_tokens = out.completion_tokens
         state.cached_tokens = out.cached_tokens
         parts = [state.reasoning.feed(out.new_text)]

@@ -80,7 +80,9 @@ class CompletionServing(OpenAIServing):
             if request.logprobs is not None:
                 logprobs = self._legacy_logprobs(out.token_ids, out.logprobs, out.stop_reason, len(echo))
             choices.append(
-                CompletionChoice(index=index, text=echo + out.text, logprobs=logprobs, finish_reason=out.finish_reason.value)
+                CompletionChoice(
+                    index=index, text=echo + out.text, logprobs=logprobs, finish_reason=out.finish_reason.value
+                )
             )
         prompt_tokens = sum(len(p) for p in prepared.prompts)
         completion_tokens = sum(o.completion_tokens for o in outputs)
