@@ -17,6 +17,7 @@ from qwen3_api.engine.llm_engine import LLMEngine
 from qwen3_api.engine.outputs import FinishReason
 from qwen3_api.engine.sampling import SamplingParams
 from qwen3_api.engine.scheduler import Scheduler, SchedulerConfig
+from qwen3_api.engine.sequence import Sequence
 from qwen3_api.engine.tokenizer import Tokenizer
 from qwen3_api.errors import EngineError
 from qwen3_api.executors.model_runner import BatchEntry
@@ -233,19 +234,28 @@ def test_more_requests_than_sequences_is_an_engine_error(runner: LlamaCppModelRu
         runner.forward([BatchEntry([1], 0, [], True, "s4")])
 
 
-def test_preempted_engine_requests_equal_uninterrupted(model_name: str) -> None:
+@pytest.mark.parametrize("reuse", [False, True], ids=["recompute", "reuse-own-cells"])
+def test_preempted_engine_requests_equal_uninterrupted(model_name: str, reuse: bool) -> None:
     batch = prompts(6, seed=18)
     reference = run_alone(make_engine(model_name), batch, greedy(24))
-    # The llama.cpp engine never runs short of blocks; a KV manager this small makes the scheduler preempt.
-    # The runner has a sequence id for every request, since preempted ones keep theirs while waiting.
-    runner = LlamaCppModelRunner(gguf_of(model_name, "Q8_0"), max_num_seqs=6, max_model_len=MAX_MODEL_LEN)
+    # The llama.cpp engine never runs short of blocks; a KV manager this small makes the scheduler preempt. A
+    # preempted request gives its sequence id back; with prefix reuse it finds its own cells again when readmitted.
+    runner = LlamaCppModelRunner(
+        gguf_of(model_name, "Q8_0"), max_num_seqs=6, max_model_len=MAX_MODEL_LEN, reuse_prefixes=reuse
+    )
     config = SchedulerConfig(
         max_num_seqs=6, max_num_batched_tokens=512, block_size=16, max_model_len=192, eos_token_ids=()
     )
-    engine = LLMEngine(Scheduler(config, KVCacheManager(12, 16, enable_prefix_caching=False)), runner, Sampler())
+
+    def own_cells(seq: Sequence) -> int:
+        return runner.lookup_prefix(seq.request_id, seq.all_token_ids)
+
+    kv = KVCacheManager(12, 16, enable_prefix_caching=False, prefix_source=own_cells if reuse else None)
+    engine = LLMEngine(Scheduler(config, kv), runner, Sampler())
     outputs = run(engine, {f"r{i}": (p, greedy(24)) for i, p in enumerate(batch)})
     assert engine.scheduler.num_preemptions > 0
     assert outputs == reference
+    assert (kv.stats.prefix_hit_tokens > 0) == reuse
 
 
 def test_abort_frees_slots_and_cells(model_name: str) -> None:
@@ -347,3 +357,30 @@ def test_engine_reuses_a_finished_conversation_and_running_siblings(model_name: 
     assert all(t == expected_sibling for t in tokens.values())
     assert sorted(cached.values())[-2:] == [len(base) - 1] * 2
     assert engine.scheduler.kv_stats.prefix_hit_tokens > 0
+
+
+def test_copy_and_takeover_of_one_retained_sequence_in_one_batch(model_name: str) -> None:
+    base = prompts(6, seed=32)[5]  # 100 tokens
+    others = prompts(4, seed=33)[2:4]  # 17 and 31 tokens
+    takeover_prompt, copy_prompt = base[:90] + [3, 4], base[:80] + [5, 6]
+    cold = LlamaCppModelRunner(gguf_of(model_name, "Q8_0"), max_num_seqs=3, max_model_len=MAX_MODEL_LEN)
+    warm = LlamaCppModelRunner(
+        gguf_of(model_name, "Q8_0"), max_num_seqs=3, max_model_len=MAX_MODEL_LEN, reuse_prefixes=True,
+        min_reuse_tokens=16, min_copy_tokens=32,
+    )  # fmt: skip
+    try:
+        expected = [cold.forward([BatchEntry(p, 0, [], True, f"e{i}")]) for i, p in enumerate((takeover_prompt, copy_prompt))]
+        # Fill all three sequences and finish them: "a" (the shared prefix) is the least recently released.
+        for request_id, prompt in (("a", base), ("b", others[0]), ("c", others[1])):
+            warm.forward([BatchEntry(prompt, 0, [], True, request_id)])
+        source = warm.slot_of("a")
+        warm.release(["a", "b", "c"])
+        assert warm.lookup_prefix("t", takeover_prompt) == 90
+        assert warm.lookup_prefix("k", copy_prompt) == 80
+        # One batch: "k" copies "a"'s cells into "b"'s evicted sequence, then "t" takes "a" over.
+        got = warm.forward([BatchEntry(takeover_prompt[90:], 90, [], True, "t"), BatchEntry(copy_prompt[80:], 80, [], True, "k")])
+        assert warm.slot_of("t") == source and warm.slot_of("k") not in (source, None)
+        assert torch.equal(got[0], expected[0][0]) and torch.equal(got[1], expected[1][0])
+    finally:
+        cold.close()
+        warm.close()

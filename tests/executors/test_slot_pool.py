@@ -77,16 +77,47 @@ def test_two_requests_wanting_one_retained_slot_copy_first_then_take_over() -> N
     p = pool()
     source = run_request(p, "a", BASE)
     p.release("a")
-    assert p.lookup("x", BASE[:70] + [1]) == 70
+    assert p.lookup("x", BASE[:70] + [1]) == 70  # keeps most of the slot: promised a takeover
     # The slot is promised already: the second request only gets it through a copy, so it needs a long prefix.
     assert p.lookup("y", BASE[:90] + [2]) == 90
     ops = p.assign(["x", "y"])
     x, y = p.slot_of("x"), p.slot_of("y")
     assert x is not None and y is not None
-    # The longer hit takes the slot over; the other copies before the trim drops the cells it needs.
-    assert y.seq_id == source and x.seq_id != source
-    assert ops == [SlotOp("copy", x.seq_id, 70, source), SlotOp("trim", source, 90)]
+    assert x.seq_id == source and y.seq_id != source
+    # The copy is queued before the trim that drops the cells it needs.
+    assert ops == [SlotOp("copy", y.seq_id, 90, source), SlotOp("trim", source, 70)]
     assert x.tokens == BASE[:70] and y.tokens == BASE[:90]
+
+
+def test_a_short_match_does_not_wipe_a_long_retained_conversation_while_a_slot_is_empty() -> None:
+    p = pool()
+    conversation = BASE * 3  # 300 tokens
+    source = run_request(p, "a", conversation)
+    p.release("a")
+    # 70 of 300 tokens: copied into an empty slot, the conversation stays retained for its next turn.
+    assert p.lookup("new-chat", BASE[:70] + [5]) == 70
+    ops = p.assign(["new-chat"])
+    slot = p.slot_of("new-chat")
+    assert slot is not None and slot.seq_id != source and p.num_retained == 1
+    assert ops == [SlotOp("copy", slot.seq_id, 70, source)]
+    assert p.lookup("next-turn", conversation + [9]) == 300
+    # Too short to copy (< 64) and too short to take the slot over: computed from scratch.
+    assert p.lookup("tiny", BASE[:20] + [5]) == 0
+
+
+def test_the_last_reader_takes_its_source_over_when_no_slot_is_left() -> None:
+    p = pool(num_slots=3)
+    live = run_request(p, "r", [7] * 100)  # still running
+    retained = run_request(p, "a", BASE * 2)
+    p.release("a")
+    assert p.lookup("y", [7] * 80 + [1]) == 80  # from the running request: a copy
+    assert p.lookup("x", BASE[:70] + [1]) == 70  # 70 of 200 with an empty slot around: a copy too
+    ops = p.assign(["y", "x"])
+    y, x = p.slot_of("y"), p.slot_of("x")
+    assert y is not None and x is not None
+    # y's copy took the empty slot; x is the only reader of its source, so it takes it over.
+    assert ops == [SlotOp("copy", y.seq_id, 80, live), SlotOp("trim", retained, 70)]
+    assert x.seq_id == retained and x.tokens == BASE[:70]
 
 
 def test_new_requests_evict_the_least_recently_retained_slot_but_not_a_promised_one() -> None:

@@ -199,12 +199,11 @@ class LlamaCppModelRunner:
         """Sequence ids of the batch's entries, giving new requests theirs (with any cached prefix) first; cells
         past an entry's `start_position` (a request recomputing from there) are dropped."""
         new_ids = [e.request_id for e in batch if self._pool.slot_of(e.request_id) is None]
-        if new_ids:
-            if len(new_ids) > self._pool.num_free:
-                free = self._pool.num_free
-                raise EngineError(f"{len(new_ids)} new requests but only {free} free llama.cpp sequences")
-            for op in self._pool.assign(new_ids):
-                self._run_op(op)
+        if len(new_ids) > self._pool.num_free:
+            free = self._pool.num_free
+            raise EngineError(f"{len(new_ids)} new requests but only {free} free llama.cpp sequences")
+        for op in self._pool.assign(new_ids):  # also drops promises of requests the scheduler did not admit
+            self._run_op(op)
         seq_ids = []
         for entry in batch:
             slot = self._pool.slot_of(entry.request_id)
@@ -237,8 +236,17 @@ class LlamaCppModelRunner:
             for i, token_id in enumerate(entry.token_ids):
                 tokens.append((token_id, entry.start_position + i, seq_id, entry.need_logits and i == last))
         row = 0
-        for begin in range(0, len(tokens), self.n_batch):
-            row = self._decode(tokens[begin : begin + self.n_batch], logits, row)
+        try:
+            for begin in range(0, len(tokens), self.n_batch):
+                row = self._decode(tokens[begin : begin + self.n_batch], logits, row)
+        except Exception:
+            # Earlier sub-batches may have written cells: drop everything past what each slot records, so the
+            # request can be retried from its start position.
+            for entry in batch:
+                slot = self._pool.slot_of(entry.request_id)
+                if slot is not None:
+                    self._run_op(SlotOp("trim", slot.seq_id, slot.num_cached))
+            raise
         for entry in batch:
             self._pool.record(entry.request_id, entry.start_position, entry.token_ids)
         return logits
@@ -328,7 +336,7 @@ def build_llamacpp_engine(
     runner = LlamaCppModelRunner(
         gguf_path, max_num_seqs=max_num_seqs, max_model_len=max_model_len, n_threads=n_threads, n_batch=step_tokens,
         kv_cache_type=kv_cache_type, reuse_prefixes=settings.enable_prefix_caching,
-        min_reuse_tokens=settings.block_size,
+        min_reuse_tokens=settings.block_size, min_copy_tokens=max(64, settings.block_size),
     )  # fmt: skip
     if max_model_len > runner.n_ctx_train:
         logger.warning("max_model_len %d is past the model's training context %d", max_model_len, runner.n_ctx_train)

@@ -7,10 +7,13 @@ our paged blocks are; it can be *kept* and *copied*:
 - a finished request's slot keeps its cells and tokens ("retained", least recently used first) until a new
   request needs the slot;
 - a new request whose prompt starts with a retained slot's tokens takes that slot over: the cells past the
-  common prefix are dropped and only the rest of the prompt is computed (the multi-turn chat case; no copy);
-- when the best source is still running, or several new requests want the same retained slot, the others get a
-  copy of its cells (a whole-sequence copy in llama.cpp, ~0.1 MB per cached position for the 0.6b shape) — only
-  worth it for long prefixes, hence `min_copy_tokens`.
+  common prefix are dropped and only the rest of the prompt is computed (the multi-turn chat case; no copy). While
+  an empty slot exists, a takeover must cover at least half of what the slot holds, so that a new chat sharing
+  only a system prompt does not wipe a long cached conversation (it copies, or computes, into the empty slot);
+- when the best source is still running, or another new request takes the retained slot over, the others get a
+  copy of its cells. llama.cpp copies a whole sequence — every cell of its context, ~0.1 MB per cell for the
+  0.6b shape, so ~270 MB for 2,340 cells — which on a CPU is still far cheaper than prefilling 64 tokens (a
+  quarter of a second for that shape), hence the `min_copy_tokens` floor.
 
 The scheduler learns a hit through `lookup` (wired as the KV cache manager's prefix source), which records a
 promise; `assign` then honours it in the same step. Promises live for one step.
@@ -18,7 +21,7 @@ promise; `assign` then honours it in the same step. Promises live for one step.
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -55,6 +58,7 @@ class SlotOp:
 class _Promise:
     source: Slot
     num_tokens: int
+    takeover: bool  # decided at lookup: at most one takeover promise per source, the others copy
 
 
 def common_prefix_length(a: list[int], b: list[int]) -> int:
@@ -112,14 +116,17 @@ class SlotPool:
         best_slot: Slot | None = None
         for slot, retained in [(s, False) for s in self._live.values()] + [(s, True) for s in self._retained.values()]:
             num = min(common_prefix_length(slot.tokens, token_ids), limit)
-            takeover = retained and id(slot) not in promised
+            # Taking over drops the slot's cells past `num`: fine when it has no empty slot to spare, or when
+            # the new prompt keeps most of them.
+            covers = not self._empty or 2 * num >= slot.num_cached
+            takeover = retained and id(slot) not in promised and covers
             if num < (self.min_reuse_tokens if takeover else self.min_copy_tokens):
                 continue
             if (num, takeover) > best:
                 best, best_slot = (num, takeover), slot
         if best_slot is None:
             return 0
-        self._promises[request_id] = _Promise(best_slot, best[0])
+        self._promises[request_id] = _Promise(best_slot, best[0], best[1])
         return best[0]
 
     # -- slot assignment (forward time) --------------------------------------------------------------------
@@ -127,49 +134,62 @@ class SlotPool:
     def assign(self, new_request_ids: list[str]) -> list[SlotOp]:
         """Give each new request a slot (its `num_cached` = the promised hit, else 0); returns the llama.cpp
         operations to run, in order, before the batch is decoded. Clears every promise."""
-        promises = {r: p for r, p in self._promises.items() if r in set(new_request_ids)}
+        wanted = set(new_request_ids)
+        promises = {r: p for r, p in self._promises.items() if r in wanted}
         self._promises.clear()
         ops: list[SlotOp] = []
-        sources = {id(p.source): p.source for p in promises.values()}
-        # A retained source goes to one of its promisers (the longest hit); the others, and promisers of live
-        # sources, copy. Copies run first: taking a slot over trims the cells they copy from.
-        takers: dict[int, str] = {}
+
+        def retained(promise: _Promise) -> bool:
+            return self._retained.get(promise.source.seq_id) is promise.source
+
+        takers = {r for r, p in promises.items() if p.takeover and retained(p)}
+        taken = {promises[r].source.seq_id for r in takers}
+        # Retained sources with promises still to honour are never evicted; copies run first, since taking a
+        # slot over trims the cells they copy from (ops run in order; llama.cpp reads a copy's cells as they are
+        # when it is queued).
+        readers = Counter(p.source.seq_id for p in promises.values() if retained(p))
         for request_id, promise in promises.items():
-            slot = promise.source
-            if self._retained.get(slot.seq_id) is slot:
-                other = takers.get(id(slot))
-                if other is None or promises[other].num_tokens < promise.num_tokens:
-                    takers[id(slot)] = request_id
-        taking = set(takers.values())
-        pinned = {s.seq_id for s in sources.values() if self._retained.get(s.seq_id) is s}
-        for request_id, promise in promises.items():
-            if request_id in taking:
+            if request_id in takers:
                 continue
-            slot = self._take_free(pinned, ops)
-            ops.append(SlotOp("copy", slot.seq_id, promise.num_tokens, promise.source.seq_id))
-            slot.tokens = promise.source.tokens[: promise.num_tokens]
-            self._live[request_id] = slot
-        for request_id in taking:
-            promise = promises[request_id]
-            slot = self._retained.pop(promise.source.seq_id)
-            ops.append(SlotOp("trim", slot.seq_id, promise.num_tokens))
-            del slot.tokens[promise.num_tokens :]
-            self._live[request_id] = slot
+            source = promise.source.seq_id
+            slot = self._take_free({seq_id for seq_id, n in readers.items() if n > 0}, ops)
+            if slot is None:
+                # Only sources still to be read are left, so this request is its retained source's last
+                # reader (the scheduler never admits more requests than free slots): it takes the source over.
+                if not (retained(promise) and readers[source] == 1 and source not in taken):
+                    raise RuntimeError(f"all {self.num_slots} llama.cpp sequences are taken")
+                self._take_over(request_id, promise, ops)
+            else:
+                ops.append(SlotOp("copy", slot.seq_id, promise.num_tokens, source))
+                slot.tokens = promise.source.tokens[: promise.num_tokens]
+                self._live[request_id] = slot
+            readers[source] -= 1
+        for request_id in takers:
+            self._take_over(request_id, promises[request_id], ops)
         for request_id in new_request_ids:
             if request_id not in self._live:
-                self._live[request_id] = self._take_free(set(), ops)
+                slot = self._take_free(set(), ops)
+                if slot is None:
+                    raise RuntimeError(f"all {self.num_slots} llama.cpp sequences are taken")
+                self._live[request_id] = slot
         return ops
 
-    def _take_free(self, pinned: set[int], ops: list[SlotOp]) -> Slot:
-        """An empty slot, else the least recently retained one not in `pinned` (its cells cleared)."""
+    def _take_over(self, request_id: str, promise: _Promise, ops: list[SlotOp]) -> None:
+        slot = self._retained.pop(promise.source.seq_id)
+        ops.append(SlotOp("trim", slot.seq_id, promise.num_tokens))
+        del slot.tokens[promise.num_tokens :]
+        self._live[request_id] = slot
+
+    def _take_free(self, busy: set[int], ops: list[SlotOp]) -> Slot | None:
+        """An empty slot, else the least recently retained one not in `busy` (its cells cleared); None if none."""
         if self._empty:
             return Slot(self._empty.pop())
         for seq_id in self._retained:
-            if seq_id not in pinned:
-                slot = self._retained.pop(seq_id)
+            if seq_id not in busy:
+                self._retained.pop(seq_id)
                 ops.append(SlotOp("trim", seq_id, 0))
-                return Slot(slot.seq_id)
-        raise RuntimeError(f"all {self.num_slots} llama.cpp sequences are taken")
+                return Slot(seq_id)
+        return None
 
     # -- bookkeeping ---------------------------------------------------------------------------------------
 
