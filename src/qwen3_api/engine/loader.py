@@ -10,6 +10,7 @@ from pathlib import Path
 
 from qwen3_api.config import Settings
 from qwen3_api.engine.async_engine import AsyncEngine
+from qwen3_api.engine.core import EngineCore
 from qwen3_api.engine.tokenizer import Tokenizer
 from qwen3_api.errors import ModelLoadError
 from qwen3_api.models.source import canonical_model_name, resolve_model
@@ -147,11 +148,12 @@ def load_engine(settings: Settings) -> AsyncEngine:
     if runtime.backend == "reference":
         from qwen3_api.executors.reference import ReferenceCore
 
-        core = ReferenceCore(model_dir, dtype, device, tokenizer.eos_token_ids, max_len)
+        core: EngineCore = ReferenceCore(model_dir, dtype, device, tokenizer.eos_token_ids, max_len)
     else:
         from qwen3_api.engine.llm_engine import build_llm_engine
 
-        core = build_llm_engine(settings, model_dir, device, dtype, tokenizer, max_len, runtime.quantize)
-        core.prepare_grammar()
+        engine = build_llm_engine(settings, model_dir, device, dtype, tokenizer, max_len, runtime.quantize)
+        engine.prepare_grammar()
+        core = engine
     logger.info("model loaded in %.1f s (max_model_len %d)", time.perf_counter() - started, core.max_model_len)
     return AsyncEngine(core, tokenizer, model_name, max_queued_requests=settings.max_queued_requests)

@@ -166,6 +166,8 @@ class PagedAttention:
         """All single-token entries at once -> [B, Hq, D]."""
         meta = self.metadata
         tables = meta.decode_block_tables  # [B, nb]
+        if tables is None:
+            raise RuntimeError("decode attention called for a batch without decode rows")
         batch, num_blocks = tables.shape
         block_size, num_kv_heads, head_dim = k_cache.shape[1:]
         context = num_blocks * block_size

@@ -84,7 +84,8 @@ class ReferenceCore:
         self.device = device
         self.eos_token_ids = eos_token_ids
         self.max_model_len = max_model_len
-        self.model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype).to(device).eval()
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype)
+        self.model = model.to(device).eval()  # type: ignore[arg-type]  # transformers types `to` oddly
         self._waiting: collections.deque[_Job] = collections.deque()
         self._current: _Job | None = None
         self._worker: threading.Thread | None = None

@@ -128,7 +128,7 @@ def _copy_tensor(
     params: dict[str, torch.nn.Parameter], target: _Target, hf_name: str, tensor: torch.Tensor
 ) -> None:
     """Copy one checkpoint tensor into its (slice of a) parameter, checking the shape first."""
-    dest = params[target.param_name]
+    dest: torch.Tensor = params[target.param_name]
     if target.rows is not None:
         dest = dest[target.start : target.start + target.rows]
     if tensor.shape != dest.shape:

@@ -56,12 +56,6 @@ def _load_in_background(
     if on_failure is not None:
         loop.call_soon_threadsafe(on_failure)
 
-    def publish() -> None:
-        engine.start(loop)
-        state.engine = engine
-        logger.info("ready: serving %s", engine.model_name)
-
-
 
 def create_app(
     settings: Settings, loader: EngineLoader = _default_loader, on_load_failure: Callable[[], None] | None = None
