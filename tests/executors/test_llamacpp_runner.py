@@ -290,14 +290,21 @@ def test_end_token_stops(model_name: str) -> None:
 # -- prefix reuse: a cached prefix taken over or copied gives the logits of computing it ------------------------
 
 
+def cold_and_warm_runners(model_name: str, max_num_seqs: int) -> tuple[LlamaCppModelRunner, LlamaCppModelRunner]:
+    """Two runners on one file: without prefix reuse, and with it (low thresholds for short test prompts)."""
+    path = gguf_of(model_name, "Q8_0")
+    cold = LlamaCppModelRunner(path, max_num_seqs=max_num_seqs, max_model_len=MAX_MODEL_LEN)
+    warm = LlamaCppModelRunner(
+        path, max_num_seqs=max_num_seqs, max_model_len=MAX_MODEL_LEN, reuse_prefixes=True, min_reuse_tokens=16,
+        min_copy_tokens=32,
+    )
+    return cold, warm
+
+
 def test_taken_over_and_copied_prefixes_give_cold_logits(model_name: str) -> None:
     base = prompts(6, seed=30)[5]  # 100 tokens
     copy_prompt, takeover_prompt = base[:90] + [11, 12], base[:80] + [7, 8, 9]
-    cold = LlamaCppModelRunner(gguf_of(model_name, "Q8_0"), max_num_seqs=4, max_model_len=MAX_MODEL_LEN)
-    warm = LlamaCppModelRunner(
-        gguf_of(model_name, "Q8_0"), max_num_seqs=4, max_model_len=MAX_MODEL_LEN, reuse_prefixes=True,
-        min_reuse_tokens=16, min_copy_tokens=32,
-    )  # fmt: skip
+    cold, warm = cold_and_warm_runners(model_name, max_num_seqs=4)
     try:
         expected = {
             name: (cold.forward([BatchEntry(p, 0, [], True, name)]), cold.forward([BatchEntry([5], len(p), [], True, name)]))
@@ -363,11 +370,7 @@ def test_copy_and_takeover_of_one_retained_sequence_in_one_batch(model_name: str
     base = prompts(6, seed=32)[5]  # 100 tokens
     others = prompts(4, seed=33)[2:4]  # 17 and 31 tokens
     takeover_prompt, copy_prompt = base[:90] + [3, 4], base[:80] + [5, 6]
-    cold = LlamaCppModelRunner(gguf_of(model_name, "Q8_0"), max_num_seqs=3, max_model_len=MAX_MODEL_LEN)
-    warm = LlamaCppModelRunner(
-        gguf_of(model_name, "Q8_0"), max_num_seqs=3, max_model_len=MAX_MODEL_LEN, reuse_prefixes=True,
-        min_reuse_tokens=16, min_copy_tokens=32,
-    )  # fmt: skip
+    cold, warm = cold_and_warm_runners(model_name, max_num_seqs=3)
     try:
         expected = [cold.forward([BatchEntry(p, 0, [], True, f"e{i}")]) for i, p in enumerate((takeover_prompt, copy_prompt))]
         # Fill all three sequences and finish them: "a" (the shared prefix) is the least recently released.
