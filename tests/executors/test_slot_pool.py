@@ -143,9 +143,9 @@ def test_a_promise_lasts_one_step() -> None:
     p.release("a")
     assert p.lookup("b", BASE + [1]) == 100
     p.assign(["other"])  # "b" was not admitted this step
-    assert p.assign(["b"]) in ([], [SlotOp("trim", 0, 0)])
+    assert p.assign(["b"]) == []  # an empty slot, nothing reused; the retained one is untouched
     slot = p.slot_of("b")
-    assert slot is not None and slot.num_cached == 0
+    assert slot is not None and slot.num_cached == 0 and p.num_retained == 1
 
 
 def test_without_reuse_slots_are_cleared_at_release() -> None:
@@ -175,3 +175,11 @@ def test_bad_thresholds_are_rejected() -> None:
         SlotPool(2, reuse_prefixes=True, min_reuse_tokens=32, min_copy_tokens=16)
     with pytest.raises(ValueError):
         SlotPool(0, reuse_prefixes=True)
+
+
+def test_truncate_forgets_tokens_and_drops_their_cells() -> None:
+    p = pool()
+    seq = run_request(p, "a", [1, 2, 3, 4])
+    assert p.truncate("a", 1) == SlotOp("trim", seq, 1)
+    slot = p.slot_of("a")
+    assert slot is not None and slot.tokens == [1]

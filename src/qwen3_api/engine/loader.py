@@ -119,10 +119,17 @@ def _load_gguf_engine(settings: Settings, model_name: str, started: float) -> As
     settings = llamacpp_settings(settings)
     runtime = choose_runtime(settings, gguf=True)
     logger.info("runtime: %s (%s)", runtime, runtime.reason)
-    tokenizer = Tokenizer.from_gguf(path)
-    max_len = gguf_max_model_len(settings, read_gguf_metadata(path))
-    core = build_llamacpp_engine(settings, path, tokenizer, max_len)
+    metadata = read_gguf_metadata(path)
+    tokenizer = Tokenizer.from_gguf_metadata(metadata)
+    core = build_llamacpp_engine(settings, path, tokenizer, gguf_max_model_len(settings, metadata))
     core.prepare_grammar()
+    return _serving(core, tokenizer, model_name, settings, started)
+
+
+def _serving(
+    core: EngineCore, tokenizer: Tokenizer, model_name: str, settings: Settings, started: float
+) -> AsyncEngine:
+    """The loaded core behind its asyncio front, with the load time logged."""
     logger.info("model loaded in %.1f s (max_model_len %d)", time.perf_counter() - started, core.max_model_len)
     return AsyncEngine(core, tokenizer, model_name, max_queued_requests=settings.max_queued_requests)
 
@@ -155,5 +162,4 @@ def load_engine(settings: Settings) -> AsyncEngine:
         engine = build_llm_engine(settings, model_dir, device, dtype, tokenizer, max_len, runtime.quantize)
         engine.prepare_grammar()
         core = engine
-    logger.info("model loaded in %.1f s (max_model_len %d)", time.perf_counter() - started, core.max_model_len)
-    return AsyncEngine(core, tokenizer, model_name, max_queued_requests=settings.max_queued_requests)
+    return _serving(core, tokenizer, model_name, settings, started)

@@ -103,7 +103,6 @@ class LlamaCppModelRunner:
         if not self.gguf_path.is_file():
             raise ModelLoadError(f"GGUF file not found: {self.gguf_path}")
         self.max_num_seqs = max_num_seqs
-        self.max_model_len = max_model_len
         self.n_batch = n_batch
         self.n_threads = n_threads or default_num_threads()
         self._model = self._ctx = self._batch = None
@@ -215,8 +214,7 @@ class LlamaCppModelRunner:
                     f"{slot.num_cached} positions are cached in llama.cpp"
                 )
             if entry.start_position < slot.num_cached:
-                self._run_op(SlotOp("trim", slot.seq_id, entry.start_position))
-                del slot.tokens[entry.start_position :]
+                self._run_op(self._pool.truncate(entry.request_id, entry.start_position))
             seq_ids.append(slot.seq_id)
         return seq_ids
 
@@ -245,7 +243,7 @@ class LlamaCppModelRunner:
             for entry in batch:
                 slot = self._pool.slot_of(entry.request_id)
                 if slot is not None:
-                    self._run_op(SlotOp("trim", slot.seq_id, slot.num_cached))
+                    self._run_op(self._pool.truncate(entry.request_id, slot.num_cached))
             raise
         for entry in batch:
             self._pool.record(entry.request_id, entry.start_position, entry.token_ids)

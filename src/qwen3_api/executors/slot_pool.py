@@ -199,6 +199,12 @@ class SlotPool:
         del slot.tokens[start_position:]
         slot.tokens.extend(token_ids)
 
+    def truncate(self, request_id: str, position: int) -> SlotOp:
+        """Forget the request's tokens from `position` on; returns the trim that drops their cells."""
+        slot = self._live[request_id]
+        del slot.tokens[position:]
+        return SlotOp("trim", slot.seq_id, position)
+
     def release(self, request_id: str) -> SlotOp | None:
         """Free a finished, aborted or preempted request's slot: retained for reuse when prefix reuse is on and it
         holds anything, else cleared (the returned operation)."""
