@@ -11,6 +11,7 @@ import typer
 
 from qwen3_api.bench.cli import bench_command
 from qwen3_api.config import Settings
+from qwen3_api.logging_setup import configure_logging as configure_server_logging
 
 app = typer.Typer(
     help="Serve Qwen3 models: the original /generate API on our own batching engine.", no_args_is_help=True
@@ -52,6 +53,23 @@ def serve(
     ] = None,
     max_num_return_sequences: Annotated[Optional[int], typer.Option(help="cap of num_return_sequences")] = None,
     log_level: Annotated[Optional[str], typer.Option(help="debug|info|warning|error")] = None,
+    max_queued_requests: Annotated[
+        Optional[int], typer.Option(help="unfinished sequences beyond which requests get 503 [default 256]")
+    ] = None,
+    max_request_bytes: Annotated[
+        Optional[int], typer.Option(help="larger request bodies get 413 [default 8 MiB]")
+    ] = None,
+    api_key: Annotated[
+        Optional[list[str]], typer.Option(help="accepted API key (repeatable); env QWEN3_API_API_KEYS: a,b")
+    ] = None,
+    api_key_file: Annotated[Optional[Path], typer.Option(help="file of accepted API keys, one per line")] = None,
+    cors_origins: Annotated[
+        Optional[list[str]], typer.Option(help="allowed browser origin (repeatable or comma-separated; * for any)")
+    ] = None,
+    log_format: Annotated[Optional[str], typer.Option(help="text|json (JSON lines) [default text]")] = None,
+    grammar_compile_timeout: Annotated[
+        Optional[float], typer.Option(help="seconds a JSON schema may take to compile, else 400 [default 10]")
+    ] = None,
 ) -> None:
     """Start the HTTP server; it listens at once and loads the model in the background."""
     import uvicorn
@@ -64,8 +82,12 @@ def serve(
         max_num_batched_tokens=max_num_batched_tokens, kv_cache_memory=kv_cache_memory, max_model_len=max_model_len,
         enable_prefix_caching=enable_prefix_caching, max_num_return_sequences=max_num_return_sequences,
         log_level=log_level,
+        max_queued_requests=max_queued_requests, max_request_bytes=max_request_bytes,
+        api_keys=tuple(api_key) if api_key else None, api_key_file=api_key_file,
+        cors_origins=",".join(cors_origins) if cors_origins else None,
+        log_format=log_format, grammar_compile_timeout=grammar_compile_timeout,
     )  # fmt: skip
-    configure_logging(settings.log_level)
+    configure_server_logging(settings.log_level, settings.log_format)
     server: uvicorn.Server | None = None
 
     def stop_on_failure() -> None:
@@ -73,7 +95,11 @@ def serve(
             server.should_exit = True
 
     application = create_app(settings, on_load_failure=stop_on_failure)
-    config = uvicorn.Config(application, host=settings.host, port=settings.port, log_level=settings.log_level)
+    # log_config=None: uvicorn's loggers go through ours (request ids, JSON); its access log is replaced by ours.
+    config = uvicorn.Config(
+        application, host=settings.host, port=settings.port, log_level=settings.log_level, log_config=None,
+        access_log=False,
+    )  # fmt: skip
     server = uvicorn.Server(config)
     server.run()
     if application.state.server.load_error:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from pathlib import Path
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_MODEL = "Qwen/Qwen3-4B-Instruct-2507"
 
@@ -51,3 +52,33 @@ class Settings(BaseSettings):
         if not value.strip():
             raise ValueError("model must not be empty")
         return value.strip()
+
+    # ---- HTTP hardening (issue 9): limits, auth, CORS, observability ----
+    max_request_bytes: int = Field(
+        8 * 1024 * 1024, ge=1024, description="request bodies larger than this get 413 before they are parsed"
+    )
+    api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = Field(
+        (), description="keys accepted as 'Authorization: Bearer <key>' (env: comma-separated); none: no auth"
+    )
+    api_key_file: Path | None = Field(None, description="file with one more accepted API key per line")
+    cors_origins: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), description="origins browsers may call from (env: comma-separated; '*' for any); none: no CORS"
+    )
+    log_format: Literal["text", "json"] = Field("text", description="json: one JSON object per log line")
+    grammar_compile_timeout: float = Field(
+        10.0, gt=0, description="seconds a structured-output grammar may take to compile before the request gets 400"
+    )
+
+    @field_validator("api_keys", "cors_origins", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("api_key_file")
+    @classmethod
+    def _key_file_readable(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"api_key_file {value} is not a readable file")
+        return value

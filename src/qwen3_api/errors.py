@@ -49,3 +49,12 @@ class EngineError(Qwen3APIError):
 
 class EngineOverloadedError(Qwen3APIError):
     """The engine's queue is full; the client should retry later."""
+
+
+# ---- HTTP hardening (issue 9): refused before a request reaches the engine ----------------------------------
+class AuthenticationError(Qwen3APIError):
+    """The request carries no API key, or one the server does not know (401)."""
+
+
+class RequestTooLargeError(Qwen3APIError):
+    """The request body is larger than the server's --max-request-bytes (413)."""

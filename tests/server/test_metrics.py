@@ -26,6 +26,6 @@ def test_metrics_count_requests_and_prefix_hits(torch_server: ServerProcess) -> 
     key = "qwen3_api_requests_total[('route', '/generate'), ('status', '200')]"
     assert after[key] - before.get(key, 0) == 2
     assert after["qwen3_api_model_loaded[]"] == 1
-    hits = "qwen3_api_engine_prefix_hit_tokens[]"
+    hits = "qwen3_api_engine_prefix_hit_tokens_total[]"  # a counter: it only grows
     assert after[hits] - before[hits] >= 32  # the second request reused the first one's full blocks
     assert 0 <= after["qwen3_api_engine_kv_usage[]"] <= 1

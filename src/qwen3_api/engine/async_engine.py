@@ -15,6 +15,7 @@ import threading
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from qwen3_api.engine.core import EngineCore
 from qwen3_api.engine.detokenize import IncrementalDetokenizer
@@ -27,6 +28,9 @@ from qwen3_api.errors import (
     EngineOverloadedError,
     InvalidRequestError,
 )
+
+if TYPE_CHECKING:
+    from qwen3_api.engine.structured import StructuredOutput
 
 logger = logging.getLogger(__name__)
 
@@ -120,6 +124,13 @@ class AsyncEngine:
             if not 0 <= token_id < self.tokenizer.vocab_size:
                 raise InvalidRequestError(f"logit_bias token id {token_id} is not in the vocabulary", "logit_bias")
 
+    def compile_grammar(self, structured: StructuredOutput) -> None:
+        """Compile a structured-output grammar ahead of its request, in the calling thread (blocking; seconds at
+        worst), where the backend supports it; errors in the grammar raise InvalidRequestError."""
+        compile_ahead = getattr(self.core, "compile_grammar", None)
+        if compile_ahead is not None:
+            compile_ahead(structured)
+
     async def generate(
         self,
         prompt_token_ids: list[int],
@@ -165,11 +176,19 @@ class AsyncEngine:
                 self._submit(_Command("abort", request_id))
 
     def generate_siblings(
-        self, prompt_token_ids: list[int], params: SamplingParams, n: int, max_tokens_param: str = "max_tokens"
+        self,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        n: int,
+        max_tokens_param: str = "max_tokens",
+        request_id: str | None = None,
     ) -> list[AsyncIterator[RequestOutput]]:
-        """Streams of `n` sequences from one prompt; they share its KV blocks, and sibling i uses seed + i."""
+        """Streams of `n` sequences from one prompt; they share its KV blocks, and sibling i uses seed + i.
+
+        `request_id` (the HTTP request's) prefixes the engine's ids, which stay unique if a client reuses it.
+        """
         self.check_request(prompt_token_ids, params, max_tokens_param)
-        group = uuid.uuid4().hex
+        group = f"{request_id}-{uuid.uuid4().hex[:8]}" if request_id else uuid.uuid4().hex
         return [
             self.generate(
                 prompt_token_ids,

@@ -18,7 +18,7 @@ from qwen3_api.engine.outputs import CoreOutput, FinishReason
 from qwen3_api.engine.sampling import SamplingParams
 from qwen3_api.engine.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
 from qwen3_api.engine.sequence import Sequence
-from qwen3_api.engine.structured import GrammarCompiler, GrammarMatcher
+from qwen3_api.engine.structured import GrammarCompiler, GrammarMatcher, StructuredOutput
 from qwen3_api.engine.tokenizer import Tokenizer
 from qwen3_api.errors import InvalidRequestError, ModelLoadError
 from qwen3_api.executors.model_runner import BatchEntry, TorchModelRunner
@@ -71,6 +71,11 @@ class LLMEngine:
         thread it would hold the GIL against the step loop for as long."""
         if self._compiler is None and self._make_compiler is not None:
             self._compiler = self._make_compiler()
+
+    def compile_grammar(self, structured: StructuredOutput) -> None:
+        """Compile a request's grammar ahead, in the caller's thread (the HTTP layer's worker thread), so the
+        step loop never waits for it: add_request then finds it in the compile cache."""
+        self._grammar_compiler().compile(structured)
 
     def _grammar_compiler(self) -> GrammarCompiler:
         self.prepare_grammar()

@@ -12,6 +12,9 @@ if TYPE_CHECKING:
     from qwen3_api.engine.structured import StructuredOutput
 
 MAX_TOP_LOGPROBS = 20
+# Below this a penalty divides logits by ~0 (float32 underflow: 5e-324 is 0.0) and sampling breaks down.
+MIN_REPETITION_PENALTY = 0.01
+MAX_REPETITION_PENALTY = 10.0
 
 
 def _check_finite(name: str, value: float) -> None:
@@ -57,9 +60,11 @@ class SamplingParams:
             raise InvalidRequestError(f"top_k must be an integer >= 0 (0 disables it), got {self.top_k!r}", "top_k")
         if not 0 <= self.min_p <= 1:
             raise InvalidRequestError(f"min_p must be in [0, 1], got {self.min_p}", "min_p")
-        if not 0 < self.repetition_penalty <= 10:
+        if not MIN_REPETITION_PENALTY <= self.repetition_penalty <= MAX_REPETITION_PENALTY:
             raise InvalidRequestError(
-                f"repetition_penalty must be in (0, 10], got {self.repetition_penalty}", "repetition_penalty"
+                f"repetition_penalty must be in [{MIN_REPETITION_PENALTY}, {MAX_REPETITION_PENALTY}], "
+                f"got {self.repetition_penalty}",
+                "repetition_penalty",
             )
         for name in ("presence_penalty", "frequency_penalty"):
             if not -2 <= getattr(self, name) <= 2:

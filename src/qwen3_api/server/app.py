@@ -10,11 +10,16 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, Request, Response
+from fastapi.middleware.cors import CORSMiddleware
 
 from qwen3_api import __version__
 from qwen3_api.config import Settings
 from qwen3_api.errors import Qwen3APIError
 from qwen3_api.server import metrics, native
+from qwen3_api.server.access_log import RequestContextMiddleware
+from qwen3_api.server.admission import Admission
+from qwen3_api.server.auth import APIKeyMiddleware, load_api_keys
+from qwen3_api.server.body_limit import BodyLimitMiddleware
 from qwen3_api.server.errors import install_error_handlers
 from qwen3_api.server.openai import router as openai_router
 from qwen3_api.server.state import ServerState
@@ -90,7 +95,27 @@ def create_app(
         app.state.metrics.requests.labels(route=path, status=str(response.status_code)).inc()
         return response
 
+    _install_hardening(app, settings)
     app.include_router(native.router)
     app.include_router(openai_router.router)
     app.include_router(metrics.router)
     return app
+
+
+def _install_hardening(app: FastAPI, settings: Settings) -> None:
+    """Admission control and the ASGI middleware around every route; from the outside in: request id, access log
+    and catch-all 500 -> CORS -> API key -> body size limit -> the routes."""
+    app.state.admission = Admission(settings.max_queued_requests)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
+    keys = load_api_keys(settings.api_keys, settings.api_key_file)
+    if keys:
+        app.add_middleware(APIKeyMiddleware, keys=keys)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-Id", "x-api-key"],
+            expose_headers=["X-Request-Id", "Retry-After"],
+        )
+    app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics)

@@ -14,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from qwen3_api.errors import (
+    AuthenticationError,
     ContextLengthExceededError,
     EngineError,
     EngineOverloadedError,
@@ -21,9 +22,16 @@ from qwen3_api.errors import (
     ModelNotFoundError,
     ModelNotReadyError,
     Qwen3APIError,
+    RequestTooLargeError,
 )
+from qwen3_api.server.limits import InvalidTextError
 
 logger = logging.getLogger(__name__)
+
+# What a client learns of a failure inside the engine: the exception text (it may hold internals, such as local
+# paths) goes to the server log only, under the request's id (the X-Request-Id response header).
+GENERATION_FAILED = "Generation failed: internal error (the server log has the details under this request's id)"
+INTERNAL_ERROR = "Internal server error (the server log has the details under this request's id)"
 
 
 def is_openai_path(request: Request) -> bool:
@@ -34,6 +42,10 @@ def status_of(exc: Qwen3APIError, openai: bool) -> int:
     """HTTP status for one of our errors."""
     if isinstance(exc, ModelNotFoundError):
         return 404
+    if isinstance(exc, AuthenticationError):
+        return 401
+    if isinstance(exc, RequestTooLargeError):
+        return 413
     if isinstance(exc, InvalidRequestError):
         return 400 if openai else 422
     if isinstance(exc, (ModelNotReadyError, EngineOverloadedError)):
@@ -57,8 +69,12 @@ def openai_error_body(exc: Qwen3APIError) -> dict[str, Any]:
         kind, message = "service_unavailable", "Model or tokenizer not loaded"
     elif isinstance(exc, EngineOverloadedError):
         kind = "service_unavailable"
+    elif isinstance(exc, AuthenticationError):
+        kind, code = "invalid_request_error", "invalid_api_key"
+    elif isinstance(exc, RequestTooLargeError):
+        kind, code = "invalid_request_error", "request_too_large"
     elif isinstance(exc, EngineError):
-        message = f"Generation failed: {exc}"
+        message = GENERATION_FAILED
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
@@ -69,7 +85,7 @@ def _native_body(exc: Qwen3APIError) -> dict[str, object]:
     if isinstance(exc, ModelNotReadyError):
         return {"detail": "Model or tokenizer not loaded"}
     if isinstance(exc, EngineError):
-        return {"detail": f"Generation failed: {exc}"}
+        return {"detail": GENERATION_FAILED}
     return {"detail": str(exc)}
 
 
@@ -80,9 +96,37 @@ async def _handle(request: Request, exc: Exception) -> JSONResponse:
     status = status_of(exc, openai)
     if status >= 500:
         logger.warning("%s %s -> %d: %s", request.method, request.url.path, status, exc)
-    headers = {"Retry-After": "1"} if isinstance(exc, EngineOverloadedError) else None
+    return error_response(exc, openai)
+
+
+def error_response(exc: Qwen3APIError, openai: bool) -> JSONResponse:
+    """The JSON response for one of our errors, in the shape of the API it belongs to."""
+    headers: dict[str, str] = {}
+    if isinstance(exc, EngineOverloadedError):
+        headers["Retry-After"] = "1"
+    if isinstance(exc, AuthenticationError):
+        headers["WWW-Authenticate"] = "Bearer"
+    if isinstance(exc, RequestTooLargeError):
+        headers["Connection"] = "close"  # the rest of the body is never read
     body = openai_error_body(exc) if openai else _native_body(exc)
-    return JSONResponse(body, status_code=status, headers=headers)
+    return JSONResponse(body, status_code=status_of(exc, openai), headers=headers or None)
+
+
+def internal_error_response(openai: bool) -> JSONResponse:
+    """A JSON 500 for an exception nobody expected: no exception text, no internals."""
+    if openai:
+        body: dict[str, Any] = {"error": {"message": INTERNAL_ERROR, "type": "server_error", "param": None,
+                                          "code": None}}  # fmt: skip
+    else:
+        body = {"detail": INTERNAL_ERROR}
+    return JSONResponse(body, status_code=500)
+
+
+def client_safe(exc: BaseException) -> Qwen3APIError:
+    """`exc` as one of our errors whose message may be shown to a client (anything foreign: generation failed)."""
+    if isinstance(exc, Qwen3APIError):
+        return exc
+    return EngineError(f"{type(exc).__name__}: {exc}")
 
 
 def _clean_validation_error(error: dict[str, Any]) -> dict[str, Any]:
@@ -96,7 +140,7 @@ def _clean_validation_error(error: dict[str, Any]) -> dict[str, Any]:
 def _openai_validation_body(errors: list[dict[str, Any]]) -> dict[str, Any]:
     first = errors[0] if errors else {"loc": ("body",), "msg": "invalid request", "type": "value_error"}
     path = [str(p) for p in first.get("loc", ()) if p != "body"]
-    param = ".".join(path) or None
+    param = ".".join(path) or _param_of(first)
     if first.get("type") == "extra_forbidden":
         message = f"Unsupported parameter: '{param}' is not supported by this server"
     elif first.get("type") == "json_invalid":
@@ -106,14 +150,39 @@ def _openai_validation_body(errors: list[dict[str, Any]]) -> dict[str, Any]:
     return {"error": {"message": message, "type": "invalid_request_error", "param": param, "code": None}}
 
 
+def _param_of(error: dict[str, Any]) -> str | None:
+    """The field a model-level validation error names (a request-wide check such as valid Unicode), if any."""
+    cause = (error.get("ctx") or {}).get("error")
+    return cause.param if isinstance(cause, InvalidTextError) else None
+
+
+def _native_validation_error(error: dict[str, Any]) -> dict[str, Any]:
+    cleaned = _clean_validation_error(error)
+    param = _param_of(error)
+    if param is not None and tuple(cleaned.get("loc", ())) == ("body",):
+        cleaned["loc"] = ["body", param]
+    return cleaned
+
+
 async def _handle_validation(request: Request, exc: Exception) -> JSONResponse:
     errors = [dict(e) for e in exc.errors()] if isinstance(exc, RequestValidationError) else []
     if is_openai_path(request):
         return JSONResponse(_openai_validation_body(errors), status_code=400)
-    return JSONResponse({"detail": [_clean_validation_error(e) for e in errors]}, status_code=422)
+    return JSONResponse({"detail": [_native_validation_error(e) for e in errors]}, status_code=422)
 
 
 def install_error_handlers(app: FastAPI) -> None:
     """Register the single mapping from our errors (and request validation errors) to responses."""
     app.add_exception_handler(Qwen3APIError, _handle)
     app.add_exception_handler(RequestValidationError, _handle_validation)
+
+
+def client_message(exc: BaseException) -> str:
+    """The one-line message of an error event that ends a native stream (our words, never internals)."""
+    error = client_safe(exc)
+    if isinstance(error, EngineError):
+        logger.error("generation failed: %s", exc, exc_info=exc if error is not exc else None)
+    detail = _native_body(error)["detail"]
+    if isinstance(detail, list):
+        return "; ".join(str(entry.get("msg")) for entry in detail)
+    return str(detail)

@@ -1,14 +1,16 @@
-"""GET /metrics in Prometheus' text format: engine gauges read at scrape time, request and token counters."""
+"""GET /metrics in Prometheus' text format: engine gauges and counters read at scrape time, request counters,
+token counters and latency histograms (filled by the access-log middleware from each request's record)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
 from fastapi import APIRouter, Request, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from qwen3_api.server.request_context import RequestRecord
 from qwen3_api.server.state import ServerState
 
 router = APIRouter()
@@ -18,10 +20,18 @@ ENGINE_GAUGES = {
     "running": "Requests in the running batch",
     "kv_usage": "Fraction of KV cache blocks held by sequences",
     "prefix_hit_rate": "Fraction of looked-up prompt tokens served from the prefix cache",
+}
+# Engine statistics that only grow: exported as counters (`..._total`), so rate() works on them.
+ENGINE_COUNTERS = {
     "prefix_queried_tokens": "Prompt tokens looked up in the prefix cache",
     "prefix_hit_tokens": "Prompt tokens served from the prefix cache",
     "preemptions": "Sequences preempted (recomputed later) since start",
 }
+
+# Bucket bounds in seconds, spanning a tiny model on a GPU to a 4B model on two CPU cores.
+TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320, 640)
+TPOT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1, 2.5, 5, 10)
+E2E_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320, 640, 1280, 2560)
 
 
 class EngineCollector(Collector):
@@ -30,7 +40,7 @@ class EngineCollector(Collector):
     def __init__(self, state: ServerState) -> None:
         self.state = state
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
         engine = self.state.engine
         yield GaugeMetricFamily("qwen3_api_model_loaded", "1 once the model is loaded", value=float(engine is not None))
         if engine is None:
@@ -42,6 +52,9 @@ class EngineCollector(Collector):
         for name, help_text in ENGINE_GAUGES.items():
             if name in stats:
                 yield GaugeMetricFamily(f"qwen3_api_engine_{name}", help_text, value=stats[name])
+        for name, help_text in ENGINE_COUNTERS.items():
+            if name in stats:
+                yield CounterMetricFamily(f"qwen3_api_engine_{name}", help_text, value=stats[name])
 
 
 class ServerMetrics:
@@ -53,6 +66,33 @@ class ServerMetrics:
         self.requests = Counter(
             "qwen3_api_requests", "HTTP requests by route and status", ["route", "status"], registry=self.registry
         )
+        registry = self.registry
+        self.ttft = Histogram("qwen3_api_time_to_first_token_seconds", "Request arrival to its first generated "
+                              "token", buckets=TTFT_BUCKETS, registry=registry)  # fmt: skip
+        self.tpot = Histogram("qwen3_api_time_per_output_token_seconds", "Mean time between a request's tokens "
+                              "after the first", buckets=TPOT_BUCKETS, registry=registry)  # fmt: skip
+        self.e2e = Histogram("qwen3_api_e2e_request_latency_seconds", "Arrival to the end of the response, of "
+                             "generation requests", buckets=E2E_BUCKETS, registry=registry)  # fmt: skip
+        self.queue_time = Histogram("qwen3_api_queue_time_seconds", "Time a request waited in the engine before "
+                                    "its first step", buckets=TTFT_BUCKETS, registry=registry)  # fmt: skip
+        self.prompt_tokens = Counter("qwen3_api_prompt_tokens", "Prompt tokens of generation requests",
+                                     registry=registry)  # fmt: skip
+        self.generation_tokens = Counter("qwen3_api_generation_tokens", "Tokens generated", registry=registry)
+
+    def observe_request(self, record: RequestRecord, e2e: float) -> None:
+        """Latency and token metrics of one finished generation request."""
+        if not record.generation:
+            return
+        self.e2e.observe(e2e)
+        self.prompt_tokens.inc(record.prompt_tokens)
+        self.generation_tokens.inc(record.completion_tokens)
+        ttft = record.ttft
+        if ttft is not None:
+            self.ttft.observe(ttft)
+            if record.completion_tokens > 1:
+                self.tpot.observe((e2e - ttft) / (record.completion_tokens - 1))
+        if record.queue_time is not None:
+            self.queue_time.observe(record.queue_time)
 
 
 @router.get("/metrics", include_in_schema=False)

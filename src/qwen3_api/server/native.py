@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from typing import Annotated
@@ -13,8 +14,10 @@ from qwen3_api import __version__
 from qwen3_api.engine.async_engine import AsyncEngine
 from qwen3_api.engine.outputs import RequestOutput
 from qwen3_api.engine.sampling import SamplingParams
-from qwen3_api.errors import EngineError, InvalidRequestError, ModelNotReadyError, Qwen3APIError
+from qwen3_api.errors import InvalidRequestError, ModelNotReadyError
+from qwen3_api.server.admission import Admission, admission
 from qwen3_api.server.disconnect import until_disconnected
+from qwen3_api.server.errors import client_message
 from qwen3_api.server.native_protocol import (
     GenerateRequest,
     GenerateResponse,
@@ -22,8 +25,9 @@ from qwen3_api.server.native_protocol import (
     HealthResponse,
     RootResponse,
 )
+from qwen3_api.server.request_context import current_request_id, observe
 from qwen3_api.server.state import ServerState, ready_engine, server_state
-from qwen3_api.server.streams import DONE, merge, sse
+from qwen3_api.server.streams import DONE, collect_all, merge, sse
 
 logger = logging.getLogger(__name__)
 router = APIRouter()
@@ -63,8 +67,7 @@ async def _stream_events(streams: list[AsyncIterator[RequestOutput]]) -> AsyncIt
                 yield sse({"index": index, "finish_reason": out.finish_reason.value,
                            "prompt_tokens": out.prompt_tokens, "completion_tokens": out.completion_tokens})  # fmt: skip
     except Exception as exc:  # the stream has begun: end it with an error event, never hang
-        message = str(exc) if isinstance(exc, Qwen3APIError) else f"Generation failed: {exc}"
-        yield sse({"error": message})
+        yield sse({"error": client_message(exc)})
     yield DONE
 
 
@@ -74,6 +77,7 @@ async def generate(
     http_request: Request,
     engine: Annotated[AsyncEngine, Depends(ready_engine)],
     state: Annotated[ServerState, Depends(server_state)],
+    admit: Annotated[Admission, Depends(admission)],
 ) -> GenerateResponse | StreamingResponse:
     cap = state.settings.max_num_return_sequences
     if request.num_return_sequences > cap:
@@ -81,19 +85,15 @@ async def generate(
             f"num_return_sequences must be at most {cap} (the server's --max-num-return-sequences)",
             "num_return_sequences",
         )
-    prompt_ids = engine.tokenizer.prompt_token_ids(request.prompt, raw=request.raw)
+    # Templating and tokenizing a long prompt take a while: off the event loop, so other streams go on.
+    prompt_ids = await asyncio.to_thread(engine.tokenizer.prompt_token_ids, request.prompt, raw=request.raw)
     params = to_sampling_params(request)
+    n = request.num_return_sequences
+    streams = engine.generate_siblings(prompt_ids, params, n, "max_length", request_id=current_request_id())
+    admit.admit(n)  # 503 now, before any byte of a stream is sent
     if request.stream:
-        streams = engine.generate_siblings(prompt_ids, params, request.num_return_sequences, "max_length")
-        return StreamingResponse(_stream_events(streams), media_type="text/event-stream")
-    try:
-        work = engine.generate_n(prompt_ids, params, request.num_return_sequences, "max_length")
-        outputs = await until_disconnected(http_request, work)
-    except Qwen3APIError:
-        raise
-    except Exception as exc:
-        logger.exception("generation failed")
-        raise EngineError(str(exc) or type(exc).__name__) from exc
+        return StreamingResponse(_stream_events(observe(streams)), media_type="text/event-stream")
+    outputs = await until_disconnected(http_request, collect_all(observe(streams)))
     return GenerateResponse(
         generated_texts=[o.text for o in outputs],
         parameters=GenerationParameters(**request.model_dump(include=set(GenerationParameters.model_fields))),

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from qwen3_api.server import limits
 
 
 class GenerateRequest(BaseModel):
@@ -18,8 +22,15 @@ class GenerateRequest(BaseModel):
     num_return_sequences: int = Field(1, ge=1)
     raw: bool = Field(False, description="use the prompt verbatim, without the chat template")
     stream: bool = Field(False, description="stream server-sent events of text deltas")
-    seed: int | None = Field(None, description="makes sampling reproducible; sequence i uses seed + i")
+    seed: int | None = Field(
+        None, ge=0, le=limits.MAX_SEED, description="makes sampling reproducible; sequence i uses seed + i"
+    )
     ignore_eos: bool = Field(False, description="keep generating past end tokens (benchmarks)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_unicode(cls, data: Any) -> Any:
+        return limits.check_valid_unicode(data)
 
     @field_validator("prompt")
     @classmethod

@@ -8,6 +8,9 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 
+from qwen3_api.engine.async_engine import AsyncEngine, FinalOutput
+from qwen3_api.engine.outputs import RequestOutput
+
 T = TypeVar("T")
 
 DONE = "data: [DONE]\n\n"
@@ -49,6 +52,19 @@ async def merge(streams: list[AsyncIterator[T]]) -> AsyncIterator[tuple[int, T]]
             if isinstance(item, BaseException):
                 raise item
             yield index, item  # type: ignore[misc]
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+
+async def collect_all(streams: list[AsyncIterator[RequestOutput]]) -> list[FinalOutput]:
+    """Drain every stream into its final output, concurrently; the first error is raised (the rest are closed)."""
+    tasks = [asyncio.ensure_future(AsyncEngine.collect(stream)) for stream in streams]
+    try:
+        return list(await asyncio.gather(*tasks))
     finally:
         for task in tasks:
             task.cancel()

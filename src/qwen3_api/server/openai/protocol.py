@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from qwen3_api.engine.sampling import MAX_TOP_LOGPROBS
+from qwen3_api.server import limits
 
 
 class _Request(BaseModel):
@@ -35,7 +36,7 @@ class SamplingFields(_Request):
     top_p: float | None = Field(None, gt=0, le=1)
     n: int = Field(1, ge=1)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, le=limits.MAX_SEED)
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     logit_bias: dict[str, float] | None = None
@@ -45,26 +46,16 @@ class SamplingFields(_Request):
     # extensions
     top_k: int | None = Field(None, ge=0)
     min_p: float | None = Field(None, ge=0, le=1)
-    repetition_penalty: float | None = Field(None, gt=0, le=10)
+    repetition_penalty: float | None = Field(None, ge=limits.MIN_REPETITION_PENALTY, le=limits.MAX_REPETITION_PENALTY)
     ignore_eos: bool = False
 
-    @field_validator("stop")
+    @model_validator(mode="before")
     @classmethod
-    def _stop_list(cls, value: str | list[str] | None) -> str | list[str] | None:
-        stops = [value] if isinstance(value, str) else value or []
-        if len(stops) > 8:
-            raise ValueError("at most 8 stop sequences are allowed")
-        if any(not s for s in stops):
-            raise ValueError("stop sequences must not be empty")
-        return value
+    def _valid_unicode(cls, data: Any) -> Any:
+        return limits.check_valid_unicode(data)
 
-    @field_validator("logit_bias")
-    @classmethod
-    def _bias_keys(cls, value: dict[str, float] | None) -> dict[str, float] | None:
-        for key in value or {}:
-            if not key.lstrip("-").isdigit():
-                raise ValueError(f"logit_bias keys must be token ids, got {key!r}")
-        return value
+    _stop_list = field_validator("stop")(limits.check_stop)
+    _bias_keys = field_validator("logit_bias")(limits.check_logit_bias)
 
     @model_validator(mode="after")
     def _options_need_stream(self) -> SamplingFields:
@@ -126,6 +117,12 @@ class FunctionDefinition(_Request):
     parameters: dict[str, Any] | None = None
     strict: bool | None = None
 
+    @field_validator("parameters")
+    @classmethod
+    def _schema_size(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        limits.check_json_schema(value, "a function's parameters schema")
+        return value
+
 
 class ToolDefinition(_Request):
     type: Literal["function"]
@@ -147,6 +144,12 @@ class JsonSchemaFormat(_Request):
     schema_: dict[str, Any] | None = Field(None, alias="schema")
     strict: bool | None = None
 
+    @field_validator("schema_")
+    @classmethod
+    def _schema_size(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        limits.check_json_schema(value)
+        return value
+
 
 class ResponseFormat(_Request):
     type: Literal["text", "json_object", "json_schema"]
@@ -160,17 +163,19 @@ class ResponseFormat(_Request):
 
 
 class ChatCompletionRequest(SamplingFields):
-    messages: list[ChatMessage] = Field(..., min_length=1)
+    messages: list[ChatMessage] = Field(..., min_length=1, max_length=limits.MAX_MESSAGES)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
     response_format: ResponseFormat | None = None
-    tools: list[ToolDefinition] | None = None
+    tools: list[ToolDefinition] | None = Field(None, max_length=limits.MAX_TOOLS)
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool = True
     chat_template_kwargs: dict[str, Any] | None = None
     enable_thinking: bool | None = None
+
+    _template_kwargs = field_validator("chat_template_kwargs")(limits.check_chat_template_kwargs)
 
     @model_validator(mode="after")
     def _consistent(self) -> ChatCompletionRequest:
@@ -258,10 +263,15 @@ class Completion(_Response):
 # ---- tokenize ---------------------------------------------------------------------------------------------------
 class TokenizeRequest(_Request):
     prompt: str | None = None
-    messages: list[ChatMessage] | None = None
+    messages: list[ChatMessage] | None = Field(None, max_length=limits.MAX_MESSAGES)
     add_generation_prompt: bool = True
     enable_thinking: bool | None = None
-    tools: list[ToolDefinition] | None = None
+    tools: list[ToolDefinition] | None = Field(None, max_length=limits.MAX_TOOLS)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_unicode(cls, data: Any) -> Any:
+        return limits.check_valid_unicode(data)
 
     @model_validator(mode="after")
     def _one_input(self) -> TokenizeRequest:

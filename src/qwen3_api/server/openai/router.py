@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
 from qwen3_api.engine.async_engine import AsyncEngine
+from qwen3_api.engine.structured import StructuredOutput
+from qwen3_api.errors import InvalidRequestError
+from qwen3_api.server.admission import Admission, admission
 from qwen3_api.server.disconnect import until_disconnected
 from qwen3_api.server.openai.protocol import (
     ChatCompletion,
@@ -33,13 +37,33 @@ async def list_models(engine: Annotated[AsyncEngine, Depends(ready_engine)]) -> 
     return {"object": "list", "data": [card]}
 
 
-async def _respond(serving: ChatServing | CompletionServing, body: Any, request: Request) -> Any:
-    """Prepare (all validation happens here, before any byte is sent), then stream or answer at once."""
-    prepared = serving.prepare(body)
+async def _respond(serving: ChatServing | CompletionServing, body: Any, request: Request, admit: Admission) -> Any:
+    """Prepare (all validation happens here, before any byte is sent), admit (503 when full), then stream or answer.
+
+    Preparing (templating, tokenizing, building the grammar) runs in a worker thread: a huge request never stalls
+    the event loop, and with it every other stream.
+    """
+    prepared = await asyncio.to_thread(serving.prepare, body)
+    for grammar in serving.grammars(prepared):  # type: ignore[arg-type]
+        await compile_grammar(serving.engine, grammar, serving.settings.grammar_compile_timeout)
+    admit.admit(serving.num_sequences(prepared))  # type: ignore[arg-type]
     if body.stream:
         stream = serving.stream(body, prepared)  # type: ignore[arg-type]
         return StreamingResponse(stream, media_type="text/event-stream", headers=SSE_HEADERS)
     return await until_disconnected(request, serving.complete(body, prepared))  # type: ignore[arg-type]
+
+
+async def compile_grammar(engine: AsyncEngine, grammar: StructuredOutput, timeout: float) -> None:
+    """Compile a request's grammar in a worker thread, waiting at most `timeout` seconds (then 400)."""
+    try:
+        await asyncio.wait_for(asyncio.to_thread(engine.compile_grammar, grammar), timeout)
+    except TimeoutError:
+        param = "tools" if grammar.kind == "tool_calls" else "response_format"
+        raise InvalidRequestError(
+            f"the structured-output grammar did not compile within {timeout:g} s (the server's "
+            "--grammar-compile-timeout); simplify the schema",
+            param,
+        ) from None
 
 
 @router.post("/v1/chat/completions", response_model=None)
@@ -48,8 +72,9 @@ async def chat_completions(
     request: Request,
     engine: Annotated[AsyncEngine, Depends(ready_engine)],
     state: Annotated[ServerState, Depends(server_state)],
+    admit: Annotated[Admission, Depends(admission)],
 ) -> ChatCompletion | StreamingResponse:
-    return await _respond(ChatServing(engine, state.settings), body, request)  # type: ignore[no-any-return]
+    return await _respond(ChatServing(engine, state.settings), body, request, admit)  # type: ignore[no-any-return]
 
 
 @router.post("/v1/completions", response_model=None)
@@ -58,29 +83,31 @@ async def completions(
     request: Request,
     engine: Annotated[AsyncEngine, Depends(ready_engine)],
     state: Annotated[ServerState, Depends(server_state)],
+    admit: Annotated[Admission, Depends(admission)],
 ) -> Completion | StreamingResponse:
-    return await _respond(CompletionServing(engine, state.settings), body, request)  # type: ignore[no-any-return]
+    return await _respond(CompletionServing(engine, state.settings), body, request, admit)  # type: ignore[no-any-return]
 
 
 @router.post("/tokenize")
 async def tokenize(body: TokenizeRequest, engine: Annotated[AsyncEngine, Depends(ready_engine)]) -> dict[str, Any]:
     tokenizer = engine.tokenizer
-    if body.prompt is not None:
-        tokens = tokenizer.encode(body.prompt)
-    else:
+
+    def tokens_of_body() -> list[int]:
+        if body.prompt is not None:
+            return tokenizer.encode(body.prompt)
         tools = [t.model_dump(exclude_none=True) for t in body.tools] if body.tools else None
         text = tokenizer.render_chat(
             _template_messages(body.messages or []), tools=tools, enable_thinking=body.enable_thinking,
             add_generation_prompt=body.add_generation_prompt,
         )  # fmt: skip
-        tokens = tokenizer.encode(text)
+        return tokenizer.encode(text)
+
+    tokens = await asyncio.to_thread(tokens_of_body)  # off the event loop, like every prompt
     return {"tokens": tokens, "count": len(tokens), "max_model_len": engine.max_model_len}
 
 
 @router.post("/detokenize")
 async def detokenize(body: DetokenizeRequest, engine: Annotated[AsyncEngine, Depends(ready_engine)]) -> dict[str, Any]:
     if min(body.tokens) < 0 or max(body.tokens) >= engine.tokenizer.vocab_size:
-        from qwen3_api.errors import InvalidRequestError
-
         raise InvalidRequestError(f"token ids must be in [0, {engine.tokenizer.vocab_size})", "tokens")
     return {"prompt": engine.tokenizer.decode(body.tokens, skip_special_tokens=False)}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from pathlib import PurePath
 from typing import TYPE_CHECKING, Any
@@ -9,14 +10,17 @@ from typing import TYPE_CHECKING, Any
 from qwen3_api.config import Settings
 from qwen3_api.engine.outputs import RequestOutput, TokenLogprob
 from qwen3_api.engine.sampling import SamplingParams
-from qwen3_api.errors import EngineError, InvalidRequestError, ModelNotFoundError, Qwen3APIError
-from qwen3_api.server.errors import openai_error_body
+from qwen3_api.errors import EngineError, InvalidRequestError, ModelNotFoundError
+from qwen3_api.server.errors import client_safe, openai_error_body
 from qwen3_api.server.openai.params import SamplingDefaults
 from qwen3_api.server.openai.protocol import Usage
-from qwen3_api.server.streams import sse
+from qwen3_api.server.request_context import current_request_id, observe
+from qwen3_api.server.streams import collect_all, sse
 
 if TYPE_CHECKING:
     from qwen3_api.engine.async_engine import AsyncEngine, FinalOutput
+
+logger = logging.getLogger(__name__)
 
 
 def served_model_names(engine: AsyncEngine) -> set[str]:
@@ -45,8 +49,10 @@ def usage_of(prompt_tokens: int, outputs: list[FinalOutput]) -> Usage:
 
 
 def error_event(exc: Exception) -> str:
-    """The SSE event that ends a stream which failed after it began."""
-    error = exc if isinstance(exc, Qwen3APIError) else EngineError(str(exc) or type(exc).__name__)
+    """The SSE event that ends a stream which failed after it began (our words; the exception goes to the log)."""
+    error = client_safe(exc)
+    if isinstance(error, EngineError):
+        logger.error("generation failed: %s", exc, exc_info=exc if error is not exc else None)
     return sse(openai_error_body(error))
 
 
@@ -75,15 +81,11 @@ class OpenAIServing:
     def streams(
         self, prompt_token_ids: list[int], params: SamplingParams, n: int
     ) -> list[AsyncIterator[RequestOutput]]:
-        return self.engine.generate_siblings(prompt_token_ids, params, n)
+        """The engine streams of one prompt's `n` sequences, ids prefixed by the request's, seen by its record."""
+        return observe(self.engine.generate_siblings(prompt_token_ids, params, n, request_id=current_request_id()))
 
     async def generate_all(self, prompt_token_ids: list[int], params: SamplingParams, n: int) -> list[FinalOutput]:
-        try:
-            return await self.engine.generate_n(prompt_token_ids, params, n)
-        except Qwen3APIError:
-            raise
-        except Exception as exc:
-            raise EngineError(str(exc) or type(exc).__name__) from exc
+        return await collect_all(self.streams(prompt_token_ids, params, n))
 
     def logprob_entries(
         self, token_ids: list[int], logprobs: list[TokenLogprob] | None, stop_reason: object = None

@@ -92,11 +92,9 @@ class ChatServing(OpenAIServing):
                     "enable_thinking",
                 )
             thinking = False
-        extra = {k: v for k, v in (request.chat_template_kwargs or {}).items() if k != "enable_thinking"}
         tools = [t.model_dump(exclude_none=True) for t in request.tools or []] if tool_choice != "none" else None
-        prompt = tokenizer.render_chat(
-            _template_messages(request.messages), tools=tools, enable_thinking=thinking, extra_template_kwargs=extra
-        )
+        # chat_template_kwargs holds only enable_thinking (protocol validation): nothing else reaches the template.
+        prompt = tokenizer.render_chat(_template_messages(request.messages), tools=tools, enable_thinking=thinking)
         prompt_ids = tokenizer.encode(prompt)
         thinking_mode = tokenizer.supports_thinking and thinking is not False and not prompt.endswith(EMPTY_THINK_BLOCK)
         defaults = self._defaults(thinking_mode)
@@ -108,6 +106,16 @@ class ChatServing(OpenAIServing):
         param = "max_completion_tokens" if request.max_completion_tokens else "max_tokens"
         self.engine.check_request(prompt_ids, params, param)
         return PreparedChat(prompt_ids, params, request.n, prompt_opens_reasoning(prompt), tools is not None)
+
+    @staticmethod
+    def grammars(prepared: PreparedChat) -> list[StructuredOutput]:
+        """The grammars to compile before the request is queued."""
+        return [prepared.params.structured] if prepared.params.structured is not None else []
+
+    @staticmethod
+    def num_sequences(prepared: PreparedChat) -> int:
+        """Engine sequences the request takes (its admission cost)."""
+        return prepared.n
 
     def _defaults(self, thinking_mode: bool) -> SamplingDefaults:
         if self.engine.tokenizer.supports_thinking:

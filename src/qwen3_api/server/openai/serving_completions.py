@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 from qwen3_api.engine.outputs import TokenLogprob
 from qwen3_api.engine.sampling import SamplingParams
+from qwen3_api.engine.structured import StructuredOutput
+from qwen3_api.errors import InvalidRequestError
 from qwen3_api.server.openai.params import to_sampling_params
 from qwen3_api.server.openai.protocol import (
     Completion,
@@ -49,8 +51,6 @@ class CompletionServing(OpenAIServing):
         else:
             prompts = [list(p) for p in raw]  # type: ignore[arg-type,union-attr]
         if len(prompts) * request.n > self.settings.max_queued_requests:
-            from qwen3_api.errors import InvalidRequestError
-
             raise InvalidRequestError("too many prompts × n for one request", "prompt")
         params_list = []
         for prompt_ids in prompts:
@@ -62,6 +62,16 @@ class CompletionServing(OpenAIServing):
             params_list.append(params)
         texts = [tokenizer.decode(p, skip_special_tokens=False) if request.echo else "" for p in prompts]
         return PreparedCompletion(prompts, texts, params_list, request.n)
+
+    @staticmethod
+    def grammars(prepared: PreparedCompletion) -> list[StructuredOutput]:
+        """Text completions take no grammar."""
+        return []
+
+    @staticmethod
+    def num_sequences(prepared: PreparedCompletion) -> int:
+        """Engine sequences the request takes (its admission cost)."""
+        return len(prepared.prompts) * prepared.n
 
     def _all_streams(self, prepared: PreparedCompletion) -> list[AsyncIterator[Any]]:
         streams = []
