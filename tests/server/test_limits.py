@@ -148,11 +148,11 @@ def post_bytes(path: str, payload: bytes) -> bytes:
 def test_lone_surrogate_is_a_json_4xx_and_keeps_the_connection(served: ServerProcess, model_id: str, path: str) -> None:
     bodies = {
         "/generate": '{"prompt": "\\ud800"}',
-        "/v1/completions": '{"model": "%s", "prompt": "a\\udfff b", "max_tokens": 1}' % model_id,
-        "/v1/chat/completions": '{"model": "%s", "messages": [{"role": "user", "content": "\\ud800"}]}' % model_id,
+        "/v1/completions": '{"model": "MODEL", "prompt": "a\\udfff b", "max_tokens": 1}',
+        "/v1/chat/completions": '{"model": "MODEL", "messages": [{"role": "user", "content": "\\ud800"}]}',
     }
     follow_up = json.dumps({"prompt": "hi", "max_length": 2}).encode()
-    first, second = raw_exchange(served, [post_bytes(path, bodies[path].encode()), post_bytes("/generate", follow_up)])
+    first, second = raw_exchange(served, [post_bytes(path, bodies[path].replace("MODEL", model_id).encode()), post_bytes("/generate", follow_up)])
     status, _, body = first.partition(b"\r\n")
     expected = b" 422 " if path == "/generate" else b" 400 "
     assert expected in status, first
