@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 import sys
+import threading
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -15,6 +18,10 @@ from qwen3_api.config import Settings
 app = typer.Typer(
     help="Serve Qwen3 models: the original /generate API on our own batching engine.", no_args_is_help=True
 )
+
+
+ENGINE_DEATH_GRACE_SECONDS = 1.0  # the server answers 503 this long after the engine loop's death, then exits
+ENGINE_DEATH_EXIT_SECONDS = 8.0  # the process is gone within 10 s of the engine loop's death
 
 
 def configure_logging(level: str) -> None:
@@ -52,31 +59,53 @@ def serve(
     ] = None,
     max_num_return_sequences: Annotated[Optional[int], typer.Option(help="cap of num_return_sequences")] = None,
     log_level: Annotated[Optional[str], typer.Option(help="debug|info|warning|error")] = None,
+    request_timeout: Annotated[
+        Optional[float], typer.Option(help="seconds before a request is aborted (504) [default 600; 0: none]")
+    ] = None,
+    shutdown_timeout: Annotated[
+        Optional[float], typer.Option(help="seconds in-flight requests get after SIGTERM [default 30]")
+    ] = None,
 ) -> None:
     """Start the HTTP server; it listens at once and loads the model in the background."""
     import uvicorn
 
     from qwen3_api.server.app import create_app
+    from qwen3_api.server.lifecycle import FLUSH_SECONDS, GracefulServer
 
     settings = _settings(
         model=model, host=host, port=port, device=device, dtype=dtype, backend=backend, quantize=quantize,
         max_num_seqs=max_num_seqs,
         max_num_batched_tokens=max_num_batched_tokens, kv_cache_memory=kv_cache_memory, max_model_len=max_model_len,
         enable_prefix_caching=enable_prefix_caching, max_num_return_sequences=max_num_return_sequences,
-        log_level=log_level,
+        log_level=log_level, request_timeout=request_timeout, shutdown_timeout=shutdown_timeout,
     )  # fmt: skip
     configure_logging(settings.log_level)
     server: uvicorn.Server | None = None
+    engine_died = False
 
     def stop_on_failure() -> None:
         if server is not None:
             server.should_exit = True
 
-    application = create_app(settings, on_load_failure=stop_on_failure)
-    config = uvicorn.Config(application, host=settings.host, port=settings.port, log_level=settings.log_level)
-    server = uvicorn.Server(config)
+    def exit_on_engine_death() -> None:
+        # Every request already has its error; exit non-zero so a supervisor restarts the process. If closing the
+        # connections hangs, the watchdog ends the process anyway, within ENGINE_DEATH_EXIT_SECONDS.
+        nonlocal engine_died
+        engine_died = True
+        # /health and /live answer 503 meanwhile, so probes see the death before the port closes.
+        asyncio.get_running_loop().call_later(ENGINE_DEATH_GRACE_SECONDS, stop_on_failure)
+        watchdog = threading.Timer(ENGINE_DEATH_EXIT_SECONDS, os._exit, args=(1,))
+        watchdog.daemon = True
+        watchdog.start()
+
+    application = create_app(settings, on_load_failure=stop_on_failure, on_engine_death=exit_on_engine_death)
+    config = uvicorn.Config(
+        application, host=settings.host, port=settings.port, log_level=settings.log_level,
+        timeout_graceful_shutdown=int(FLUSH_SECONDS),
+    )  # fmt: skip
+    server = GracefulServer(config, application.state.server, settings.shutdown_timeout)
     server.run()
-    if application.state.server.load_error:
+    if application.state.server.load_error or engine_died:
         raise typer.Exit(1)
 
 

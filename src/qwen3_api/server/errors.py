@@ -15,12 +15,15 @@ from fastapi.responses import JSONResponse
 
 from qwen3_api.errors import (
     ContextLengthExceededError,
+    EngineDeadError,
     EngineError,
     EngineOverloadedError,
     InvalidRequestError,
     ModelNotFoundError,
     ModelNotReadyError,
     Qwen3APIError,
+    RequestTimeoutError,
+    ServerShuttingDownError,
 )
 
 logger = logging.getLogger(__name__)
@@ -38,6 +41,10 @@ def status_of(exc: Qwen3APIError, openai: bool) -> int:
         return 400 if openai else 422
     if isinstance(exc, (ModelNotReadyError, EngineOverloadedError)):
         return 503
+    if isinstance(exc, (ServerShuttingDownError, EngineDeadError)):
+        return 503
+    if isinstance(exc, RequestTimeoutError):
+        return 504
     return 500
 
 
@@ -56,6 +63,10 @@ def openai_error_body(exc: Qwen3APIError) -> dict[str, Any]:
     elif isinstance(exc, ModelNotReadyError):
         kind, message = "service_unavailable", "Model or tokenizer not loaded"
     elif isinstance(exc, EngineOverloadedError):
+        kind = "service_unavailable"
+    elif isinstance(exc, RequestTimeoutError):
+        code = "timeout"
+    elif isinstance(exc, (ServerShuttingDownError, EngineDeadError)):
         kind = "service_unavailable"
     elif isinstance(exc, EngineError):
         message = f"Generation failed: {exc}"
