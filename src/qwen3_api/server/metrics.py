@@ -21,6 +21,8 @@ ENGINE_GAUGES = {
     "prefix_queried_tokens": "Prompt tokens looked up in the prefix cache",
     "prefix_hit_tokens": "Prompt tokens served from the prefix cache",
     "preemptions": "Sequences preempted (recomputed later) since start",
+    "kv_blocks_used": "KV cache blocks held by sequences",
+    "kv_blocks_total": "KV cache blocks in all",
 }
 
 
