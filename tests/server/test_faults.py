@@ -6,6 +6,7 @@ Faults come from the fault-injecting test runner (qwen3_api.testing.faults), tri
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -84,11 +85,9 @@ def test_a_dead_engine_loop_answers_everyone_and_exits_non_zero(tmp_path: Path) 
         assert "the engine loop stopped" in events[-2]
         seen = set()
         while server.process.poll() is None and time.monotonic() - died < 10:
-            try:
+            with contextlib.suppress(requests.RequestException):  # already closing
                 seen.add((requests.get(f"{server.url}/health", timeout=2).status_code,
                           requests.get(f"{server.url}/live", timeout=2).status_code))  # fmt: skip
-            except requests.RequestException:
-                pass  # already closing
             time.sleep(0.1)
         assert server.process.poll() is not None, "the process was still running 10 s after the engine died"
         assert server.process.returncode != 0
