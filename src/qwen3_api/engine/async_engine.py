@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 
 from qwen3_api.engine.core import EngineCore
 from qwen3_api.engine.detokenize import IncrementalDetokenizer
-from qwen3_api.engine.outputs import CoreOutput, FinishReason, RequestOutput, TokenLogprob
+from qwen3_api.engine.final_output import FinalOutput, collect_final_output
+from qwen3_api.engine.outputs import CoreOutput, FinishReason, RequestOutput
 from qwen3_api.engine.sampling import SamplingParams
 from qwen3_api.engine.tokenizer import Tokenizer
 from qwen3_api.errors import (
@@ -54,20 +55,6 @@ class _RequestState:
     completion_tokens: int = 0
     cached_tokens: int = 0
     deadline: float | None = None  # time.monotonic() past which the loop thread aborts it
-
-
-@dataclass
-class FinalOutput:
-    """A finished request, collected from its stream."""
-
-    text: str
-    token_ids: list[int]
-    finish_reason: FinishReason
-    prompt_tokens: int
-    completion_tokens: int
-    cached_tokens: int
-    logprobs: list[TokenLogprob] | None = None
-    stop_reason: str | int | None = None
 
 
 @dataclass
@@ -238,31 +225,7 @@ class AsyncEngine:
             raise _first_leaf(group) from None
         return [f.result() for f in futures]
 
-    @staticmethod
-    async def collect(stream: AsyncIterator[RequestOutput]) -> FinalOutput:
-        """Drain a stream into its final output."""
-        texts: list[str] = []
-        token_ids: list[int] = []
-        logprobs: list[TokenLogprob] | None = None
-        last: RequestOutput | None = None
-        async for out in stream:
-            texts.append(out.new_text)
-            token_ids.extend(out.new_token_ids)
-            if out.logprobs is not None:
-                logprobs = (logprobs or []) + out.logprobs
-            last = out
-        if last is None or last.finish_reason is None:
-            raise EngineError("the request ended without a finish reason")
-        return FinalOutput(
-            text="".join(texts),
-            token_ids=token_ids,
-            finish_reason=last.finish_reason,
-            prompt_tokens=last.prompt_tokens,
-            completion_tokens=last.completion_tokens,
-            cached_tokens=last.cached_tokens,
-            logprobs=logprobs,
-            stop_reason=last.stop_reason,
-        )
+    collect = staticmethod(collect_final_output)
 
     def check_accepting(self) -> None:
         """Raise unless new requests are accepted: the loop died (EngineDeadError), or the server drains."""
