@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 import sys
+import threading
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -16,6 +19,10 @@ from qwen3_api.logging_setup import configure_logging as configure_server_loggin
 app = typer.Typer(
     help="Serve Qwen3 models: the original /generate API on our own batching engine.", no_args_is_help=True
 )
+
+
+ENGINE_DEATH_GRACE_SECONDS = 1.0  # the server answers 503 this long after the engine loop's death, then exits
+ENGINE_DEATH_EXIT_SECONDS = 8.0  # the process is gone within 10 s of the engine loop's death
 
 
 def configure_logging(level: str) -> None:
@@ -70,11 +77,18 @@ def serve(
     grammar_compile_timeout: Annotated[
         Optional[float], typer.Option(help="seconds a JSON schema may take to compile, else 400 [default 10]")
     ] = None,
+    request_timeout: Annotated[
+        Optional[float], typer.Option(help="seconds before a request is aborted (504) [default 600; 0: none]")
+    ] = None,
+    shutdown_timeout: Annotated[
+        Optional[float], typer.Option(help="seconds in-flight requests get after SIGTERM [default 30]")
+    ] = None,
 ) -> None:
     """Start the HTTP server; it listens at once and loads the model in the background."""
     import uvicorn
 
     from qwen3_api.server.app import create_app
+    from qwen3_api.server.lifecycle import FLUSH_SECONDS, GracefulServer
 
     settings = _settings(
         model=model, host=host, port=port, device=device, dtype=dtype, backend=backend, quantize=quantize,
@@ -86,23 +100,36 @@ def serve(
         api_keys=tuple(api_key) if api_key else None, api_key_file=api_key_file,
         cors_origins=",".join(cors_origins) if cors_origins else None,
         log_format=log_format, grammar_compile_timeout=grammar_compile_timeout,
+        request_timeout=request_timeout, shutdown_timeout=shutdown_timeout,
     )  # fmt: skip
     configure_server_logging(settings.log_level, settings.log_format)
     server: uvicorn.Server | None = None
+    engine_died = False
 
     def stop_on_failure() -> None:
         if server is not None:
             server.should_exit = True
 
-    application = create_app(settings, on_load_failure=stop_on_failure)
+    def exit_on_engine_death() -> None:
+        # Every request already has its error; exit non-zero so a supervisor restarts the process. If closing the
+        # connections hangs, the watchdog ends the process anyway, within ENGINE_DEATH_EXIT_SECONDS.
+        nonlocal engine_died
+        engine_died = True
+        # /health and /live answer 503 meanwhile, so probes see the death before the port closes.
+        asyncio.get_running_loop().call_later(ENGINE_DEATH_GRACE_SECONDS, stop_on_failure)
+        watchdog = threading.Timer(ENGINE_DEATH_EXIT_SECONDS, os._exit, args=(1,))
+        watchdog.daemon = True
+        watchdog.start()
+
+    application = create_app(settings, on_load_failure=stop_on_failure, on_engine_death=exit_on_engine_death)
     # log_config=None: uvicorn's loggers go through ours (request ids, JSON); its access log is replaced by ours.
     config = uvicorn.Config(
         application, host=settings.host, port=settings.port, log_level=settings.log_level, log_config=None,
-        access_log=False,
+        access_log=False, timeout_graceful_shutdown=int(FLUSH_SECONDS),
     )  # fmt: skip
-    server = uvicorn.Server(config)
+    server = GracefulServer(config, application.state.server, settings.shutdown_timeout)
     server.run()
-    if application.state.server.load_error:
+    if application.state.server.load_error or engine_died:
         raise typer.Exit(1)
 
 

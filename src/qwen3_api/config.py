@@ -45,6 +45,13 @@ class Settings(BaseSettings):
     max_num_return_sequences: int = Field(8, ge=1, le=64, description="cap of num_return_sequences / n")
     max_queued_requests: int = Field(256, ge=1, description="requests waiting beyond this get 503")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log verbosity")
+    # ---- deadlines, faults and shutdown ----
+    request_timeout: float = Field(
+        600.0, ge=0, description="seconds a request may take from submission; past it the engine aborts it (0: none)"
+    )
+    shutdown_timeout: float = Field(
+        30.0, ge=0, description="seconds unfinished requests get to finish after SIGTERM/SIGINT before being aborted"
+    )
 
     @field_validator("model")
     @classmethod

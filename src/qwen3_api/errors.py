@@ -58,3 +58,23 @@ class AuthenticationError(Qwen3APIError):
 
 class RequestTooLargeError(Qwen3APIError):
     """The request body is larger than the server's --max-request-bytes (413)."""
+
+
+# ---- deadlines, faults and shutdown -------------------------------------------------------------------------------
+class RequestTimeoutError(Qwen3APIError):
+    """The request ran past `--request-timeout`; the engine aborted it and freed what it held."""
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__(f"Request timed out after {timeout:g} s")
+        self.timeout = timeout
+
+
+class ServerShuttingDownError(Qwen3APIError):
+    """The server is draining after SIGTERM/SIGINT: new requests are refused, unfinished ones end with this."""
+
+    def __init__(self, message: str = "Server is shutting down") -> None:
+        super().__init__(message)
+
+
+class EngineDeadError(Qwen3APIError):
+    """The engine loop has stopped; the process exits so that its supervisor restarts it."""

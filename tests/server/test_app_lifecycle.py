@@ -57,6 +57,7 @@ def test_health_is_503_while_loading_then_healthy(tiny_model_dir: Path) -> None:
     with TestClient(create_app(Settings(model="slow-model"), loader=slow_loader)) as client:
         assert client.get("/health").status_code == 503
         assert client.get("/health").json() == NOT_LOADED
+        assert client.get("/live").json() == {"status": "alive"}  # alive while loading
         assert client.post("/generate", json={"prompt": "hi"}).json() == NOT_LOADED
         assert client.get("/").json()["model"] == "slow-model"
         release.set()

@@ -1,53 +1,59 @@
-"""A client that goes away frees its work: the engine aborts its requests (seen on /metrics)."""
+"""A client that goes away is aborted inside the engine: its running/waiting queues and KV blocks return to idle.
+
+The servers' runner sleeps 40 ms per step (a fault-injecting test runner), so each request below would run for
+tens of seconds: prefill of a ~1000-token prompt in 16-token chunks, or 1000 decode steps. Seeing the engine's own
+gauges back at idle within a few seconds of the hang-up can only mean the engine aborted it.
+"""
 
 from __future__ import annotations
 
-import json
-import socket
 import time
 
 import pytest
-import requests
 
-from tests.conftest import ServerProcess
+from tests.conftest import ServerPool, ServerProcess
+from tests.server.engine_gauges import FAIL_TOKEN, NAN_TOKEN, engine_gauges, is_idle, open_request, wait_for
 
-
-def unfinished(server: ServerProcess) -> float:
-    for line in requests.get(f"{server.url}/metrics", timeout=10).text.splitlines():
-        if line.startswith("qwen3_api_unfinished_requests "):
-            return float(line.split()[1])
-    raise AssertionError("metric missing")
-
-
-def wait_until_idle(server: ServerProcess, seconds: float = 60) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if unfinished(server) == 0:
-            return True
-        time.sleep(0.1)
-    return False
+SLOW_ARGS = ("--max-num-batched-tokens", "16")
+SLOW_SERVERS = {
+    "torch": (f"test:tiny:delay_ms=40,nan_token={NAN_TOKEN},fail_token={FAIL_TOKEN}", "--backend", "torch"),
+    "llamacpp": (f"test:tiny:gguf=F32,delay_ms=40,nan_token={NAN_TOKEN},fail_token={FAIL_TOKEN}", "--backend", "llamacpp"),
+}
+LONG_PROMPT = "count the stars " * 250  # ~1000 tokens: ~63 prefill steps of 16 tokens
+SHORT_PROMPT = "Go on forever."
+ABORT_SECONDS = 3.0  # generous for a loaded 2-core machine; the requests would run for 40 s and more
 
 
-LONG = {"prompt": "Go on forever.", "max_length": 1500, "ignore_eos": True, "temperature": 1.0}
+@pytest.fixture(scope="session", params=list(SLOW_SERVERS))
+def slow_server(request: pytest.FixtureRequest, server_pool: ServerPool) -> ServerProcess:
+    """The tiny model on each backend behind a runner that sleeps 40 ms per step and injects faults on tokens."""
+    model, *args = SLOW_SERVERS[request.param]
+    return server_pool.get(model, *args, *SLOW_ARGS)
 
 
-def send_and_hang_up(server: ServerProcess, body: dict, read_bytes: int) -> None:
-    """POST `body` on a raw socket, read a little of the answer, then close the connection."""
-    host, port = server.url.removeprefix("http://").split(":")
-    payload = json.dumps(body).encode()
-    with socket.create_connection((host, int(port)), timeout=30) as sock:
-        sock.sendall(
-            b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            + f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload
-        )
-        received = b""
-        while len(received) < read_bytes:
-            received += sock.recv(read_bytes - len(received))
-        time.sleep(0.5)  # the request is running now
-
-
+@pytest.mark.parametrize("phase", ["prefill", "decode"])
 @pytest.mark.parametrize("stream", [False, True])
-def test_disconnected_client_is_aborted(torch_server: ServerProcess, stream: bool) -> None:
-    assert wait_until_idle(torch_server)
-    send_and_hang_up(torch_server, {**LONG, "stream": stream}, read_bytes=200 if stream else 0)
-    assert wait_until_idle(torch_server, seconds=5), "the engine kept generating for a client that left"
+def test_a_client_that_leaves_is_aborted_within_a_step(slow_server: ServerProcess, stream: bool, phase: str) -> None:
+    assert is_idle(wait_for(slow_server, is_idle, 30)), "the server was not idle before the test"
+    prompt = LONG_PROMPT if phase == "prefill" else SHORT_PROMPT
+    body = {"prompt": prompt, "max_length": 1000, "ignore_eos": True, "temperature": 1.0, "stream": stream}
+    sock = open_request(slow_server, "/generate", body)
+    try:
+        gauges = wait_for(slow_server, lambda g: g.get("running") == 1, 30)
+        assert gauges["running"] == 1 and gauges["kv_blocks_used"] > 0, gauges
+        if phase == "decode":
+            sock.settimeout(30)
+            received = b""
+            while b'"text"' not in received:  # a streamed token, or (not streamed) just wait a few steps
+                if not stream:
+                    time.sleep(0.5)
+                    break
+                received += sock.recv(4096)
+        else:
+            time.sleep(0.3)
+            assert engine_gauges(slow_server)["running"] == 1, "the prefill ended before the client left"
+    finally:
+        sock.close()
+    hung_up = time.monotonic()
+    gauges = wait_for(slow_server, is_idle, ABORT_SECONDS)
+    assert is_idle(gauges), f"{time.monotonic() - hung_up:.1f} s after the client left the engine still holds {gauges}"

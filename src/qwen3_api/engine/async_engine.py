@@ -3,6 +3,11 @@
 One background thread owns the engine core and steps it while any request is unfinished. Requests cross into that
 thread as commands; outputs cross back through `loop.call_soon_threadsafe` into per-request asyncio queues.
 Detokenization and stop strings are handled here, once, for every backend.
+
+The loop thread also enforces each request's deadline (`request_timeout`), checked before every step, so a request
+past it is aborted inside the engine even when nothing on the HTTP side is awake. A failure while processing one
+request's output fails that request alone; an exception that escapes the loop itself ends every request with an
+error at once, marks the engine dead (`is_alive` False) and calls `on_death`, so the server can exit and be restarted.
 """
 
 from __future__ import annotations
@@ -12,21 +17,26 @@ import collections
 import dataclasses
 import logging
 import threading
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from qwen3_api.engine.core import EngineCore
 from qwen3_api.engine.detokenize import IncrementalDetokenizer
-from qwen3_api.engine.outputs import CoreOutput, FinishReason, RequestOutput, TokenLogprob
+from qwen3_api.engine.final_output import FinalOutput, collect_final_output
+from qwen3_api.engine.outputs import CoreOutput, FinishReason, RequestOutput
 from qwen3_api.engine.sampling import SamplingParams
 from qwen3_api.engine.tokenizer import Tokenizer
 from qwen3_api.errors import (
     ContextLengthExceededError,
+    EngineDeadError,
     EngineError,
     EngineOverloadedError,
     InvalidRequestError,
+    RequestTimeoutError,
+    ServerShuttingDownError,
 )
 
 if TYPE_CHECKING:
@@ -48,41 +58,42 @@ class _RequestState:
     num_prompt_tokens: int
     completion_tokens: int = 0
     cached_tokens: int = 0
-
-
-@dataclass
-class FinalOutput:
-    """A finished request, collected from its stream."""
-
-    text: str
-    token_ids: list[int]
-    finish_reason: FinishReason
-    prompt_tokens: int
-    completion_tokens: int
-    cached_tokens: int
-    logprobs: list[TokenLogprob] | None = None
-    stop_reason: str | int | None = None
+    deadline: float | None = None  # time.monotonic() past which the loop thread aborts it
 
 
 @dataclass
 class _Command:
-    kind: str  # "add" or "abort"
+    kind: str  # "add", "abort" or "abort_all"
     request_id: str
     state: _RequestState | None = None
     prompt_token_ids: list[int] = field(default_factory=list)
     prefix_group: str | None = None
+    error: BaseException | None = None  # what "abort_all" answers the requests it ends
 
 
 class AsyncEngine:
     """Asyncio-facing engine over any `EngineCore` backend."""
 
-    def __init__(self, core: EngineCore, tokenizer: Tokenizer, model_name: str, max_queued_requests: int = 256):
+    def __init__(
+        self,
+        core: EngineCore,
+        tokenizer: Tokenizer,
+        model_name: str,
+        max_queued_requests: int = 256,
+        request_timeout: float | None = None,
+    ):
+        """`request_timeout`: seconds from submission after which a request is aborted (None: no deadline)."""
         self.core = core
         self.tokenizer = tokenizer
         self.model_name = model_name
         self.max_model_len = core.max_model_len
         self.max_queued_requests = max_queued_requests
+        self.request_timeout = request_timeout
         self._commands: collections.deque[_Command] = collections.deque()
+        self._lock = threading.Lock()  # orders submissions against the loop's death: none is left unanswered
+        self._draining = False
+        self.death_reason: str | None = None  # set once the loop thread has died
+        self._on_death: Callable[[str], None] | None = None
         self._wakeup = threading.Event()
         self._stopped = threading.Event()
         self._states: dict[str, _RequestState] = {}  # loop thread only
@@ -91,11 +102,30 @@ class AsyncEngine:
         self._thread: threading.Thread | None = None
 
     # ---- lifecycle -------------------------------------------------------------------------------------------
-    def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Start the loop thread; outputs are delivered on `loop`."""
+    def start(self, loop: asyncio.AbstractEventLoop, on_death: Callable[[str], None] | None = None) -> None:
+        """Start the loop thread; outputs are delivered on `loop`. `on_death(reason)` runs on `loop` if the loop
+        thread dies."""
         self._loop = loop
+        self._on_death = on_death
         self._thread = threading.Thread(target=self._run, name="engine-loop", daemon=True)
         self._thread.start()
+
+    @property
+    def is_alive(self) -> bool:
+        """True while the loop thread runs (or is not started yet); False once it died."""
+        return self.death_reason is None and (self._thread is None or self._thread.is_alive())
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    def drain(self) -> None:
+        """Refuse new requests from now on (ServerShuttingDownError); unfinished ones go on."""
+        self._draining = True
+
+    def abort_all(self, error: BaseException) -> None:
+        """End every unfinished request now with `error`, freeing what each holds."""
+        self._submit(_Command("abort_all", "", error=error))
 
     def shutdown(self) -> None:
         """Stop the loop thread and release the backend."""
@@ -142,6 +172,7 @@ class AsyncEngine:
         """Submit one request and stream its outputs; closing the stream early aborts the request."""
         if self._loop is None:
             raise EngineError("the engine is not started")
+        self.check_accepting()
         self.check_request(prompt_token_ids, params, max_tokens_param)
         if self._num_live >= self.max_queued_requests:
             raise EngineOverloadedError(
@@ -156,6 +187,7 @@ class AsyncEngine:
             ),
             queue=asyncio.Queue(),
             num_prompt_tokens=len(prompt_token_ids),
+            deadline=None if self.request_timeout is None else time.monotonic() + self.request_timeout,
         )
         self._num_live += 1
         finished = False
@@ -212,35 +244,23 @@ class AsyncEngine:
             raise _first_leaf(group) from None
         return [f.result() for f in futures]
 
-    @staticmethod
-    async def collect(stream: AsyncIterator[RequestOutput]) -> FinalOutput:
-        """Drain a stream into its final output."""
-        texts: list[str] = []
-        token_ids: list[int] = []
-        logprobs: list[TokenLogprob] | None = None
-        last: RequestOutput | None = None
-        async for out in stream:
-            texts.append(out.new_text)
-            token_ids.extend(out.new_token_ids)
-            if out.logprobs is not None:
-                logprobs = (logprobs or []) + out.logprobs
-            last = out
-        if last is None or last.finish_reason is None:
-            raise EngineError("the request ended without a finish reason")
-        return FinalOutput(
-            text="".join(texts),
-            token_ids=token_ids,
-            finish_reason=last.finish_reason,
-            prompt_tokens=last.prompt_tokens,
-            completion_tokens=last.completion_tokens,
-            cached_tokens=last.cached_tokens,
-            logprobs=logprobs,
-            stop_reason=last.stop_reason,
-        )
+    collect = staticmethod(collect_final_output)
+
+    def check_accepting(self) -> None:
+        """Raise unless new requests are accepted: the loop died (EngineDeadError), or the server drains."""
+        if self.death_reason is not None:
+            raise EngineDeadError(f"the engine stopped ({self.death_reason}); the server is restarting")
+        if self._draining:
+            raise ServerShuttingDownError()
 
     # ---- loop thread -----------------------------------------------------------------------------------------
     def _submit(self, command: _Command) -> None:
-        self._commands.append(command)
+        with self._lock:
+            if self.death_reason is not None:
+                if command.state is not None:
+                    self._deliver(command.state, EngineError(f"the engine loop stopped: {self.death_reason}"))
+                return
+            self._commands.append(command)
         self._wakeup.set()
 
     def _deliver(self, state: _RequestState, item: _Item) -> None:
@@ -248,10 +268,17 @@ class AsyncEngine:
             self._loop.call_soon_threadsafe(state.queue.put_nowait, item)
 
     def _run(self) -> None:
+        try:
+            self._serve()
+        except BaseException as exc:  # noqa: BLE001 - whatever ends the loop must answer every request
+            self._die(exc)
+
+    def _serve(self) -> None:
         while not self._stopped.is_set():
             self._drain_commands()
+            self._expire_deadlines()
             if not self.core.has_unfinished_requests():
-                self._wakeup.wait(timeout=1.0)
+                self._wakeup.wait(timeout=self._idle_wait())
                 self._wakeup.clear()
                 continue
             try:
@@ -261,7 +288,50 @@ class AsyncEngine:
                 self._fail_all(exc)
                 continue
             for output in outputs:
-                self._process(output)
+                try:
+                    self._process(output)
+                except Exception as exc:  # e.g. the detokenizer: this request's failure, not the batch's
+                    logger.exception("request %s: processing its output failed", output.request_id)
+                    self._fail_request(output.request_id, exc)
+
+    def _idle_wait(self) -> float:
+        """Seconds to sleep with nothing to step: until the next deadline, at most 1 s."""
+        deadlines = [s.deadline for s in self._states.values() if s.deadline is not None]
+        return max(0.0, min([1.0, *(d - time.monotonic() for d in deadlines)]))
+
+    def _expire_deadlines(self) -> None:
+        if self.request_timeout is None or not self._states:
+            return
+        now = time.monotonic()
+        for state in [s for s in self._states.values() if s.deadline is not None and s.deadline <= now]:
+            logger.warning("request %s timed out after %g s; aborting it", state.request_id, self.request_timeout)
+            self.core.abort_request(state.request_id)
+            self._states.pop(state.request_id, None)
+            self._deliver(state, RequestTimeoutError(self.request_timeout))
+
+    def _fail_request(self, request_id: str, exc: Exception) -> None:
+        state = self._states.pop(request_id, None)
+        try:
+            self.core.abort_request(request_id)
+        except Exception:
+            logger.exception("request %s: abort after its failure failed", request_id)
+        if state is not None:
+            self._deliver(state, EngineError(str(exc) or type(exc).__name__))
+
+    def _die(self, exc: BaseException) -> None:
+        """The loop is ending on an exception: answer every request (running or still queued) and report it."""
+        reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        logger.critical("the engine loop died: %s", reason, exc_info=exc)
+        with self._lock:
+            self.death_reason = reason
+            pending = [c.state for c in self._commands if c.state is not None]
+            self._commands.clear()
+        error = f"the engine loop stopped: {reason}"
+        for state in [*self._states.values(), *pending]:
+            self._deliver(state, EngineError(error))
+        self._states.clear()
+        if self._loop is not None and self._on_death is not None:
+            self._loop.call_soon_threadsafe(self._on_death, reason)
 
     def _drain_commands(self) -> None:
         while self._commands:
@@ -278,6 +348,11 @@ class AsyncEngine:
             elif command.kind == "abort" and command.request_id in self._states:
                 self.core.abort_request(command.request_id)
                 self._finish(self._states[command.request_id], FinishReason.ABORT, text="")
+            elif command.kind == "abort_all" and command.error is not None:
+                for request_id, state in list(self._states.items()):
+                    self.core.abort_request(request_id)
+                    self._states.pop(request_id, None)
+                    self._deliver(state, command.error)
 
     def _process(self, output: CoreOutput) -> None:
         state = self._states.get(output.request_id)
@@ -333,7 +408,6 @@ class AsyncEngine:
                 logger.exception("abort after a failed step failed")
             self._states.pop(request_id, None)
             self._deliver(state, EngineError(str(exc) or type(exc).__name__))
-
 
 
 def _first_leaf(group: BaseExceptionGroup) -> BaseException:  # type: ignore[type-arg]

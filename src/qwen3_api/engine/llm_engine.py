@@ -23,7 +23,7 @@ from qwen3_api.engine.tokenizer import Tokenizer
 from qwen3_api.errors import InvalidRequestError, ModelLoadError
 from qwen3_api.executors.model_runner import BatchEntry, TorchModelRunner
 from qwen3_api.executors.runner import ModelRunner
-from qwen3_api.executors.sampler import Sampler, SamplingRow
+from qwen3_api.executors.sampler import SampledToken, Sampler, SamplingRow
 from qwen3_api.executors.structured_mask import apply_structured_masks
 from qwen3_api.models.quantization import quantize_model
 from qwen3_api.models.weights import load_model
@@ -54,15 +54,18 @@ class LLMEngine:
     def add_request(
         self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, prefix_group: str | None = None
     ) -> None:
+        # Per-request setup that can fail (compiling its grammar, seeding its generator) runs here, where a failure
+        # is that request's error alone, rather than inside a step shared with the whole batch.
         if params.structured is not None:
             compiler = self._grammar_compiler()
             self._matchers[request_id] = compiler.matcher(compiler.compile(params.structured))
         self._arrivals += 1
         seq = Sequence(request_id, list(prompt_token_ids), params, self._arrivals, prefix_group)
         try:
+            self.sampler.add_request(request_id, params)
             self.scheduler.add(seq)
         except Exception:
-            self._matchers.pop(request_id, None)
+            self._release([request_id])
             raise
 
     def prepare_grammar(self) -> None:
@@ -107,6 +110,8 @@ class LLMEngine:
             "prefix_queried_tokens": float(kv.prefix_queried_tokens),
             "prefix_hit_tokens": float(kv.prefix_hit_tokens),
             "preemptions": float(self.scheduler.num_preemptions),
+            "kv_blocks_used": float(kv.num_blocks - kv.num_free_blocks),
+            "kv_blocks_total": float(kv.num_blocks),
         }
 
     def shutdown(self) -> None:
@@ -124,21 +129,35 @@ class LLMEngine:
         self.num_steps += 1
         logits = self.runner.forward(self._batch(out))  # [sampling chunks, V]
         sampling = [chunk.seq for chunk in out.chunks if chunk.samples]
+        # Work that belongs to one row (its grammar mask, its sampling, its grammar step) fails that row alone:
+        # `failed` collects those requests with the reason; they are aborted and reported, the others go on.
+        failed: dict[str, str] = {}
         if self._matchers:
-            apply_structured_masks(logits, [self._matchers.get(s.request_id) for s in sampling])
-        rows = [SamplingRow(s.request_id, s.params, s.prompt_token_ids, s.output_token_ids) for s in sampling]
-        picked = self.sampler.sample(logits, rows)
-        for seq, pick in zip(sampling, picked, strict=True):
+            self._apply_masks(logits, sampling, failed)
+        picked = self._sample(logits, sampling, failed)
+        for seq in sampling:
             matcher = self._matchers.get(seq.request_id)
-            if matcher is not None and not matcher.accept(pick.token_id):
-                # Cannot happen with masked logits; if it does, the mask now allows only end tokens.
-                logger.error("request %s: grammar rejected token %d: %s", seq.request_id, pick.token_id, matcher.error)
-        finished = self.scheduler.update(out, {s.request_id: p.token_id for s, p in zip(sampling, picked, strict=True)})
+            if matcher is None or seq.request_id in failed:
+                continue
+            try:
+                if not matcher.accept(picked[seq.request_id].token_id):
+                    # Cannot happen with masked logits; if it does, the mask now allows only end tokens.
+                    logger.error("request %s: grammar rejected token %d: %s", seq.request_id,
+                                 picked[seq.request_id].token_id, matcher.error)  # fmt: skip
+            except Exception as exc:
+                failed[seq.request_id] = _describe("the grammar failed", exc, seq.request_id)
+        for request_id in failed:
+            self.scheduler.abort(request_id)  # update() skips it; its blocks are free now
+        finished = self.scheduler.update(out, {rid: p.token_id for rid, p in picked.items() if rid not in failed})
         finished_ids = {s.request_id for s in finished}
-        if finished_ids:
-            self._release(finished_ids)
+        if finished_ids or failed:
+            self._release(finished_ids | failed.keys())
         outputs = []
-        for seq, pick in zip(sampling, picked, strict=True):
+        for seq in sampling:
+            if seq.request_id in failed:
+                outputs.append(CoreOutput(seq.request_id, [], error=failed[seq.request_id]))
+                continue
+            pick = picked[seq.request_id]
             done = seq.request_id in finished_ids
             outputs.append(
                 CoreOutput(
@@ -153,6 +172,50 @@ class LLMEngine:
             )
         return outputs
 
+    def _apply_masks(self, logits: torch.Tensor, sampling: list[Sequence], failed: dict[str, str]) -> None:
+        """Grammar masks for the batch at once; if that fails, row by row, so only the failing rows are failed.
+
+        Adding a mask twice changes nothing (0 + 0, -inf + -inf), so rows masked before a failure are safe."""
+        matchers = [self._matchers.get(s.request_id) for s in sampling]
+        try:
+            apply_structured_masks(logits, matchers)
+            return
+        except Exception:
+            logger.exception("batched grammar masks failed; retrying row by row")
+        for i, (seq, matcher) in enumerate(zip(sampling, matchers, strict=True)):
+            if matcher is not None:
+                try:
+                    apply_structured_masks(logits[i : i + 1], [matcher])
+                except Exception as exc:
+                    failed[seq.request_id] = _describe("the grammar mask failed", exc, seq.request_id)
+
+    def _sample(
+        self, logits: torch.Tensor, sampling: list[Sequence], failed: dict[str, str]
+    ) -> dict[str, SampledToken]:
+        """One token per sampling row. A row without a finite logit (NaN from the model, or nothing allowed) and a
+        row whose sampling raises fail alone: on an error the batch is sampled again row by row."""
+        rows = [SamplingRow(s.request_id, s.params, s.prompt_token_ids, s.output_token_ids) for s in sampling]
+        if not rows:
+            return {}
+        finite = torch.isfinite(logits.amax(dim=-1)).tolist()
+        for row, ok in zip(rows, finite, strict=True):
+            if not ok:
+                failed[row.request_id] = "the model produced no finite logit for this request"
+        if not failed:
+            try:
+                return {r.request_id: p for r, p in zip(rows, self.sampler.sample(logits, rows), strict=True)}
+            except Exception:
+                logger.exception("batched sampling failed; retrying row by row")
+        picked = {}
+        for i, row in enumerate(rows):
+            if row.request_id in failed:
+                continue
+            try:
+                picked[row.request_id] = self.sampler.sample(logits[i : i + 1], [row])[0]
+            except Exception as exc:
+                failed[row.request_id] = _describe("sampling failed", exc, row.request_id)
+        return picked
+
     @staticmethod
     def _batch(out: SchedulerOutput) -> list[BatchEntry]:
         entries = []
@@ -161,6 +224,11 @@ class LLMEngine:
             token_ids = [seq.token_id_at(i) for i in range(start, start + chunk.num_new_tokens)]
             entries.append(BatchEntry(token_ids, start, list(seq.block_table), chunk.samples, seq.request_id))
         return entries
+
+
+def _describe(what: str, exc: Exception, request_id: str) -> str:
+    logger.error("request %s: %s: %r", request_id, what, exc)
+    return f"{what}: {exc}" if str(exc) else f"{what}: {type(exc).__name__}"
 
 
 CPU_DEFAULT_KV_GIB = 1.0
@@ -210,7 +278,9 @@ def build_llm_engine(
         block_size, capacity,
     )  # fmt: skip
     runner = TorchModelRunner(model, dtype=dtype, device=device, num_blocks=num_blocks, block_size=block_size)
-    return assemble_engine(settings, runner, tokenizer, num_blocks, max_model_len, model.config.vocab_size)
+    return assemble_engine(
+        settings, runner, tokenizer, num_blocks, max_model_len, model.config.vocab_size, sampler_device=device
+    )
 
 
 def assemble_engine(
@@ -221,6 +291,7 @@ def assemble_engine(
     max_model_len: int,
     vocab_size: int,
     prefix_source: Callable[[Sequence], int] | None = None,
+    sampler_device: torch.device | str = "cpu",
 ) -> LLMEngine:
     """Wire a model runner to the scheduler, KV block accounting, sampler and structured output.
 
@@ -245,4 +316,4 @@ def assemble_engine(
     def grammar_compiler() -> GrammarCompiler:
         return GrammarCompiler(tokenizer.hf, vocab_size, tokenizer.eos_token_ids)
 
-    return LLMEngine(Scheduler(config, kv), runner, Sampler(), grammar_compiler)
+    return LLMEngine(Scheduler(config, kv), runner, Sampler(device=sampler_device), grammar_compiler)

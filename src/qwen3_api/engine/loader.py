@@ -14,6 +14,7 @@ from qwen3_api.engine.core import EngineCore
 from qwen3_api.engine.tokenizer import Tokenizer
 from qwen3_api.errors import ModelLoadError
 from qwen3_api.models.source import canonical_model_name, resolve_model
+from qwen3_api.testing.faults import Faults, split_faults
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ def gguf_max_model_len(settings: Settings, metadata: dict[str, object]) -> int:
     return min(wanted, per_sequence)
 
 
-def _load_gguf_engine(settings: Settings, model_name: str, started: float) -> AsyncEngine:
+def _load_gguf_engine(settings: Settings, model_name: str, started: float, faults: Faults | None) -> AsyncEngine:
     from qwen3_api.executors.llamacpp_runner import build_llamacpp_engine
     from qwen3_api.models.gguf import read_gguf_metadata, resolve_gguf
 
@@ -123,15 +124,31 @@ def _load_gguf_engine(settings: Settings, model_name: str, started: float) -> As
     tokenizer = Tokenizer.from_gguf_metadata(metadata)
     core = build_llamacpp_engine(settings, path, tokenizer, gguf_max_model_len(settings, metadata))
     core.prepare_grammar()
-    return _serving(core, tokenizer, model_name, settings, started)
+    return _serving(core, tokenizer, model_name, settings, started, faults)
 
 
 def _serving(
-    core: EngineCore, tokenizer: Tokenizer, model_name: str, settings: Settings, started: float
+    core: EngineCore,
+    tokenizer: Tokenizer,
+    model_name: str,
+    settings: Settings,
+    started: float,
+    faults: Faults | None = None,
 ) -> AsyncEngine:
     """The loaded core behind its asyncio front, with the load time logged."""
     logger.info("model loaded in %.1f s (max_model_len %d)", time.perf_counter() - started, core.max_model_len)
-    return AsyncEngine(core, tokenizer, model_name, max_queued_requests=settings.max_queued_requests)
+    if faults is not None:  # a test model spec asked for injected faults (qwen3_api.testing.faults)
+        from qwen3_api.testing.faults import FaultInjectingRunner
+
+        runner = getattr(core, "runner", None)
+        if runner is None:
+            raise ModelLoadError("fault injection needs a backend with a model runner (torch or llamacpp)")
+        logger.warning("injecting test faults into the model runner: %s", faults)
+        core.runner = FaultInjectingRunner(runner, faults)  # type: ignore[attr-defined]
+    return AsyncEngine(
+        core, tokenizer, model_name, max_queued_requests=settings.max_queued_requests,
+        request_timeout=settings.request_timeout or None,
+    )  # fmt: skip
 
 
 def load_engine(settings: Settings) -> AsyncEngine:
@@ -141,10 +158,10 @@ def load_engine(settings: Settings) -> AsyncEngine:
     from qwen3_api.models.gguf import is_gguf_spec
 
     started = time.perf_counter()
-    model_name = canonical_model_name(settings.model)
+    model_name, faults = split_faults(canonical_model_name(settings.model))
     logger.info("resolving model %s", model_name)
     if is_gguf_spec(model_name):
-        return _load_gguf_engine(settings, model_name, started)
+        return _load_gguf_engine(settings, model_name, started, faults)
     model_dir = resolve_model(model_name)
     runtime = choose_runtime(settings)
     logger.info("runtime: %s (%s)", runtime, runtime.reason)
@@ -162,4 +179,4 @@ def load_engine(settings: Settings) -> AsyncEngine:
         engine = build_llm_engine(settings, model_dir, device, dtype, tokenizer, max_len, runtime.quantize)
         engine.prepare_grammar()
         core = engine
-    return _serving(core, tokenizer, model_name, settings, started)
+    return _serving(core, tokenizer, model_name, settings, started, faults)

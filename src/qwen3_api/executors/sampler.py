@@ -13,7 +13,8 @@ Order of the stages for each row (`logits` is the model's output for the next to
   6. other rows: divide by temperature, keep the top_k, then the top_p nucleus, then tokens with
      prob >= min_p * max prob, and draw one token by inverse CDF with a single uniform number.
 
-Seeds: a request with `params.seed` gets its own generator, seeded once and kept until `release()`. Each step
+Seeds: a request with `params.seed` gets its own generator, seeded once at `add_request()` (so a seed the generator
+rejects fails that request alone, before any step) and kept until `release()`. Each step
 it draws exactly one number from it, and its row is processed on its own, so its tokens depend neither on the
 other rows in the batch nor on its position. Unseeded rows share one generator and are processed together.
 """
@@ -28,6 +29,7 @@ import torch
 
 from qwen3_api.engine.outputs import TokenLogprob
 from qwen3_api.engine.sampling import SamplingParams
+from qwen3_api.errors import InvalidRequestError
 
 # Rows with top_p but no top_k look for their nucleus among this many most likely tokens first (topk of 1024
 # is ~1 ms per row of 151936 on one CPU core, of 16384 ~3.5 ms); only when those hold less than top_p of the
@@ -56,9 +58,11 @@ class SampledToken:
 class Sampler:
     """Picks the next token for every row of a batch; keeps one generator per seeded request."""
 
-    def __init__(self, seed: int | None = None) -> None:
-        """`seed` makes the shared generator of unseeded rows reproducible (tests, benchmarks)."""
+    def __init__(self, seed: int | None = None, device: torch.device | str = "cpu") -> None:
+        """`seed` makes the shared generator of unseeded rows reproducible (tests, benchmarks); `device` is where
+        the logits live (per-request generators are made there at `add_request`)."""
         self._seed = seed
+        self.device = torch.device(device)
         self._shared_generators: dict[torch.device, torch.Generator] = {}
         self._request_generators: dict[str, torch.Generator] = {}
 
@@ -101,6 +105,12 @@ class Sampler:
         )
         return [SampledToken(token_id, logprobs.get(i)) for i, token_id in enumerate(chosen)]
 
+    def add_request(self, request_id: str, params: SamplingParams) -> None:
+        """Make a seeded request's generator now; a seed the generator rejects is that request's error."""
+        if params.seed is None or request_id in self._request_generators:
+            return
+        self._request_generators[request_id] = _seeded_generator(params.seed, self.device)
+
     def release(self, request_ids: Iterable[str]) -> None:
         """Forget the per-request state (seeded generators) of finished or aborted requests."""
         for request_id in request_ids:
@@ -120,11 +130,20 @@ class Sampler:
     def _request_generator(self, row: SamplingRow, device: torch.device) -> torch.Generator:
         # Seeded once, then kept: reseeding every step would repeat the same random number each step.
         generator = self._request_generators.get(row.request_id)
-        if generator is None:
-            generator = torch.Generator(device=device)
-            generator.manual_seed(row.params.seed if row.params.seed is not None else 0)
+        if generator is None:  # a row sampled without add_request (the sampler used on its own)
+            generator = _seeded_generator(row.params.seed if row.params.seed is not None else 0, device)
             self._request_generators[row.request_id] = generator
         return generator
+
+
+def _seeded_generator(seed: int, device: torch.device) -> torch.Generator:
+    """A generator on `device` seeded with `seed`; a seed torch rejects is the request's error, named as such."""
+    generator = torch.Generator(device=device)
+    try:
+        generator.manual_seed(seed)
+    except (RuntimeError, OverflowError, ValueError) as exc:
+        raise InvalidRequestError(f"seed {seed} is not accepted by the generator: {exc}", "seed") from exc
+    return generator
 
 
 def _take(tensor: torch.Tensor, rows: list[int]) -> torch.Tensor:

@@ -39,7 +39,11 @@ def _default_loader(settings: Settings) -> AsyncEngine:
 
 
 def _load_in_background(
-    state: ServerState, loader: EngineLoader, loop: asyncio.AbstractEventLoop, on_failure: Callable[[], None] | None
+    state: ServerState,
+    loader: EngineLoader,
+    loop: asyncio.AbstractEventLoop,
+    on_failure: Callable[[], None] | None,
+    on_engine_death: Callable[[], None] | None = None,
 ) -> None:
     try:
         engine = loader(state.settings)
@@ -51,8 +55,13 @@ def _load_in_background(
         logger.exception("model loading failed")
     else:
 
+        def died(reason: str) -> None:
+            logger.critical("the engine loop died (%s): /health and /live answer 503 from now on", reason)
+            if on_engine_death is not None:
+                on_engine_death()
+
         def publish() -> None:
-            engine.start(loop)
+            engine.start(loop, on_death=died)
             state.engine = engine
             logger.info("ready: serving %s", engine.model_name)
 
@@ -63,11 +72,15 @@ def _load_in_background(
 
 
 def create_app(
-    settings: Settings, loader: EngineLoader = _default_loader, on_load_failure: Callable[[], None] | None = None
+    settings: Settings,
+    loader: EngineLoader = _default_loader,
+    on_load_failure: Callable[[], None] | None = None,
+    on_engine_death: Callable[[], None] | None = None,
 ) -> FastAPI:
     """The app for `settings`; the model loads in a background thread so /health answers 503 meanwhile.
 
-    `on_load_failure` runs on the event loop when loading fails (the CLI uses it to exit instead of serving 503s).
+    `on_load_failure` runs on the event loop when loading fails (the CLI uses it to exit instead of serving 503s);
+    `on_engine_death` when the engine loop dies (the CLI exits non-zero so that a supervisor restarts it).
     """
     state = ServerState(settings=settings)
 
@@ -75,7 +88,10 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loop = asyncio.get_running_loop()
         thread = threading.Thread(
-            target=_load_in_background, args=(state, loader, loop, on_load_failure), name="model-loader", daemon=True
+            target=_load_in_background,
+            args=(state, loader, loop, on_load_failure, on_engine_death),
+            name="model-loader",
+            daemon=True,
         )
         thread.start()
         yield

@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 from qwen3_api.errors import (
     AuthenticationError,
     ContextLengthExceededError,
+    EngineDeadError,
     EngineError,
     EngineOverloadedError,
     InvalidRequestError,
@@ -23,6 +24,8 @@ from qwen3_api.errors import (
     ModelNotReadyError,
     Qwen3APIError,
     RequestTooLargeError,
+    RequestTimeoutError,
+    ServerShuttingDownError,
 )
 from qwen3_api.server.limits import InvalidTextError
 
@@ -50,6 +53,10 @@ def status_of(exc: Qwen3APIError, openai: bool) -> int:
         return 400 if openai else 422
     if isinstance(exc, (ModelNotReadyError, EngineOverloadedError)):
         return 503
+    if isinstance(exc, (ServerShuttingDownError, EngineDeadError)):
+        return 503
+    if isinstance(exc, RequestTimeoutError):
+        return 504
     return 500
 
 
@@ -73,6 +80,10 @@ def openai_error_body(exc: Qwen3APIError) -> dict[str, Any]:
         kind, code = "invalid_request_error", "invalid_api_key"
     elif isinstance(exc, RequestTooLargeError):
         kind, code = "invalid_request_error", "request_too_large"
+    elif isinstance(exc, RequestTimeoutError):
+        code = "timeout"
+    elif isinstance(exc, (ServerShuttingDownError, EngineDeadError)):
+        kind = "service_unavailable"
     elif isinstance(exc, EngineError):
         message = GENERATION_FAILED
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}

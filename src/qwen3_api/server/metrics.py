@@ -26,6 +26,8 @@ ENGINE_COUNTERS = {
     "prefix_queried_tokens": "Prompt tokens looked up in the prefix cache",
     "prefix_hit_tokens": "Prompt tokens served from the prefix cache",
     "preemptions": "Sequences preempted (recomputed later) since start",
+    "kv_blocks_used": "KV cache blocks held by sequences",
+    "kv_blocks_total": "KV cache blocks in all",
 }
 
 # Bucket bounds in seconds, spanning a tiny model on a GPU to a 4B model on two CPU cores.

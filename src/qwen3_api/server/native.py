@@ -14,7 +14,7 @@ from qwen3_api import __version__
 from qwen3_api.engine.async_engine import AsyncEngine
 from qwen3_api.engine.outputs import RequestOutput
 from qwen3_api.engine.sampling import SamplingParams
-from qwen3_api.errors import InvalidRequestError, ModelNotReadyError
+from qwen3_api.errors import EngineDeadError, InvalidRequestError, ModelNotReadyError, ServerShuttingDownError
 from qwen3_api.server.admission import Admission, admission
 from qwen3_api.server.disconnect import until_disconnected
 from qwen3_api.server.errors import client_message
@@ -38,11 +38,22 @@ async def root(state: Annotated[ServerState, Depends(server_state)]) -> RootResp
     return RootResponse(name="Qwen3-4B API", version=__version__, status="active", model=state.model_name)
 
 
-@router.get("/health", response_model=HealthResponse, responses={503: {"description": "model not loaded"}})
+@router.get("/health", response_model=HealthResponse, responses={503: {"description": "not ready, draining or dead"}})
 async def health(state: Annotated[ServerState, Depends(server_state)]) -> HealthResponse:
+    if state.shutting_down:
+        raise ServerShuttingDownError()
     if state.engine is None:
         raise ModelNotReadyError("Model or tokenizer not loaded")
+    state.engine.check_accepting()
     return HealthResponse(status="healthy")
+
+
+@router.get("/live", responses={503: {"description": "the engine loop has died"}})
+async def live(state: Annotated[ServerState, Depends(server_state)]) -> dict[str, str]:
+    """Liveness: 200 while the process and its engine thread run (also while loading and draining)."""
+    if state.engine is not None and not state.engine.is_alive:
+        raise EngineDeadError(f"the engine stopped ({state.engine.death_reason}); the server is restarting")
+    return {"status": "alive"}
 
 
 def to_sampling_params(request: GenerateRequest) -> SamplingParams:

@@ -8,7 +8,7 @@ from fastapi import Request
 
 from qwen3_api.config import Settings
 from qwen3_api.engine.async_engine import AsyncEngine
-from qwen3_api.errors import ModelNotReadyError
+from qwen3_api.errors import ModelNotReadyError, ServerShuttingDownError
 
 
 @dataclass
@@ -18,6 +18,7 @@ class ServerState:
     settings: Settings
     engine: AsyncEngine | None = None
     load_error: str | None = None
+    shutting_down: bool = False  # set on SIGTERM/SIGINT: new generation requests get 503
 
     @property
     def model_name(self) -> str:
@@ -32,7 +33,11 @@ def server_state(request: Request) -> ServerState:
 
 def ready_engine(request: Request) -> AsyncEngine:
     """Dependency: the loaded engine, or 503 while it is loading or if loading failed."""
-    engine = server_state(request).engine
+    state = server_state(request)
+    if state.shutting_down:
+        raise ServerShuttingDownError()
+    engine = state.engine
     if engine is None:
         raise ModelNotReadyError("Model or tokenizer not loaded")
+    engine.check_accepting()
     return engine
