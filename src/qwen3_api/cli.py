@@ -52,6 +52,9 @@ def serve(
     ] = None,
     max_num_return_sequences: Annotated[Optional[int], typer.Option(help="cap of num_return_sequences")] = None,
     log_level: Annotated[Optional[str], typer.Option(help="debug|info|warning|error")] = None,
+    responses_store_size: Annotated[
+        Optional[int], typer.Option(help="responses kept for previous_response_id (LRU) [default 1000]")
+    ] = None,
 ) -> None:
     """Start the HTTP server; it listens at once and loads the model in the background."""
     import uvicorn
@@ -64,6 +67,7 @@ def serve(
         max_num_batched_tokens=max_num_batched_tokens, kv_cache_memory=kv_cache_memory, max_model_len=max_model_len,
         enable_prefix_caching=enable_prefix_caching, max_num_return_sequences=max_num_return_sequences,
         log_level=log_level,
+        responses_store_size=responses_store_size,
     )  # fmt: skip
     configure_logging(settings.log_level)
     server: uvicorn.Server | None = None

@@ -44,6 +44,10 @@ class Settings(BaseSettings):
     max_num_return_sequences: int = Field(8, ge=1, le=64, description="cap of num_return_sequences / n")
     max_queued_requests: int = Field(256, ge=1, description="requests waiting beyond this get 503")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log verbosity")
+    # Responses API
+    responses_store_size: int = Field(
+        1000, ge=0, description="responses kept in memory for previous_response_id and GET (LRU; 0 keeps none)"
+    )
 
     @field_validator("model")
     @classmethod

@@ -20,6 +20,7 @@ from qwen3_api.errors import (
     InvalidRequestError,
     ModelNotFoundError,
     ModelNotReadyError,
+    NotFoundError,
     Qwen3APIError,
 )
 
@@ -32,7 +33,7 @@ def is_openai_path(request: Request) -> bool:
 
 def status_of(exc: Qwen3APIError, openai: bool) -> int:
     """HTTP status for one of our errors."""
-    if isinstance(exc, ModelNotFoundError):
+    if isinstance(exc, (ModelNotFoundError, NotFoundError)):
         return 404
     if isinstance(exc, InvalidRequestError):
         return 400 if openai else 422

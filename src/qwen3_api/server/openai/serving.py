@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator
 from pathlib import PurePath
 from typing import TYPE_CHECKING, Any
@@ -17,6 +19,14 @@ from qwen3_api.server.streams import sse
 
 if TYPE_CHECKING:
     from qwen3_api.engine.async_engine import AsyncEngine, FinalOutput
+
+logger = logging.getLogger(__name__)
+
+
+def log_user(response_id: str, user: str | None) -> None:
+    """Log the request's `user` with the id its response carries, so an operator can trace abuse to a user."""
+    if user is not None:
+        logger.info("request %s: user %r", response_id, user)
 
 
 def served_model_names(engine: AsyncEngine) -> set[str]:
@@ -84,6 +94,20 @@ class OpenAIServing:
             raise
         except Exception as exc:
             raise EngineError(str(exc) or type(exc).__name__) from exc
+
+    async def collect_all(self, streams: list[AsyncIterator[RequestOutput]]) -> list[FinalOutput]:
+        """Drain several streams at once, so their requests run in one batch (the first error is raised)."""
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                futures = [tasks.create_task(self.engine.collect(stream)) for stream in streams]
+        except BaseExceptionGroup as group:
+            error: BaseException = group
+            while isinstance(error, BaseExceptionGroup):
+                error = error.exceptions[0]
+            if isinstance(error, Qwen3APIError):
+                raise error from None
+            raise EngineError(str(error) or type(error).__name__) from error
+        return [f.result() for f in futures]
 
     def logprob_entries(
         self, token_ids: list[int], logprobs: list[TokenLogprob] | None, stop_reason: object = None

@@ -30,7 +30,7 @@ from qwen3_api.server.openai.protocol import (
     completion_id,
     now,
 )
-from qwen3_api.server.openai.serving import OpenAIServing, error_event, generation_defaults, usage_of
+from qwen3_api.server.openai.serving import OpenAIServing, error_event, generation_defaults, log_user, usage_of
 from qwen3_api.server.streams import DONE, merge, sse
 
 if TYPE_CHECKING:
@@ -51,13 +51,48 @@ class PreparedChat:
 
 
 @dataclass
-class _ChoiceState:
+class ChoiceState:
+    """One streamed choice's parsers and counts."""
+
     reasoning: ReasoningParser
     tools: ToolCallParser | None
     saw_tool_call: bool = False
     completion_tokens: int = 0
     cached_tokens: int = 0
     logprobs: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, prepared: PreparedChat) -> ChoiceState:
+        return cls(ReasoningParser(prepared.starts_in_reasoning), ToolCallParser() if prepared.parse_tools else None)
+
+
+@dataclass(frozen=True)
+class ChoiceDelta:
+    """What one engine output adds to a streamed choice: reasoning text, content text, tool-call chunks."""
+
+    reasoning: str
+    content: str
+    tool_calls: list[ToolCallChunk]
+
+
+def parse_delta(state: ChoiceState, out: RequestOutput) -> ChoiceDelta:
+    """Feed one engine output through the choice's reasoning and tool-call parsers (shared by chat and Responses)."""
+    state.completion_tokens = out.completion_tokens
+    state.cached_tokens = out.cached_tokens
+    parts = [state.reasoning.feed(out.new_text)]
+    if out.finished:
+        parts.append(state.reasoning.finish())
+    reasoning = "".join(p.reasoning for p in parts)
+    content = "".join(p.content for p in parts)
+    calls: list[ToolCallChunk] = []
+    if state.tools is not None:
+        tool_parts = [state.tools.feed(content)]
+        if out.finished:
+            tool_parts.append(state.tools.finish())
+        content = "".join(p.content for p in tool_parts)
+        calls = [c for p in tool_parts for c in p.tool_calls]
+    state.saw_tool_call = state.saw_tool_call or bool(calls)
+    return ChoiceDelta(reasoning, content, calls)
 
 
 def _template_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:
@@ -137,17 +172,20 @@ class ChatServing(OpenAIServing):
 
     # ---- non-streaming -------------------------------------------------------------------------------------
     async def complete(self, request: ChatCompletionRequest, prepared: PreparedChat) -> ChatCompletion:
+        response_id = completion_id("chatcmpl")
+        log_user(response_id, request.user)
         outputs = await self.generate_all(prepared.prompt_token_ids, prepared.params, prepared.n)
-        choices = [self._choice(i, out, prepared) for i, out in enumerate(outputs)]
+        choices = [self.choice(i, out, prepared) for i, out in enumerate(outputs)]
         return ChatCompletion(
-            id=completion_id("chatcmpl"),
+            id=response_id,
             created=now(),
             model=request.model,
             choices=choices,
             usage=usage_of(len(prepared.prompt_token_ids), outputs),
         )
 
-    def _choice(self, index: int, out: FinalOutput, prepared: PreparedChat) -> ChatChoice:
+    def choice(self, index: int, out: FinalOutput, prepared: PreparedChat) -> ChatChoice:
+        """One finished output as a chat choice: reasoning, content and tool calls split out."""
         reasoning, content = ReasoningParser(prepared.starts_in_reasoning).split(out.text)
         calls = []
         if prepared.parse_tools:
@@ -171,12 +209,8 @@ class ChatServing(OpenAIServing):
     # ---- streaming -----------------------------------------------------------------------------------------
     async def stream(self, request: ChatCompletionRequest, prepared: PreparedChat) -> AsyncIterator[str]:
         chunk_id, created = completion_id("chatcmpl"), now()
-        states = [
-            _ChoiceState(
-                ReasoningParser(prepared.starts_in_reasoning), ToolCallParser() if prepared.parse_tools else None
-            )
-            for _ in range(prepared.n)
-        ]
+        log_user(chunk_id, request.user)
+        states = [ChoiceState.of(prepared) for _ in range(prepared.n)]
 
         def chunk(index: int, delta: dict[str, Any], finish: str | None = None, logprobs: Any = None) -> str:
             choice: dict[str, Any] = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
@@ -205,23 +239,10 @@ class ChatServing(OpenAIServing):
         yield DONE
 
     def _deltas(
-        self, index: int, state: _ChoiceState, out: RequestOutput, prepared: PreparedChat, chunk: Any
+        self, index: int, state: ChoiceState, out: RequestOutput, prepared: PreparedChat, chunk: Any
     ) -> list[str]:
-        state.completion_tokens = out.completion_tokens
-        state.cached_tokens = out.cached_tokens
-        parts = [state.reasoning.feed(out.new_text)]
-        if out.finished:
-            parts.append(state.reasoning.finish())
-        reasoning = "".join(p.reasoning for p in parts)
-        content = "".join(p.content for p in parts)
-        calls: list[ToolCallChunk] = []
-        if state.tools is not None:
-            tool_parts = [state.tools.feed(content)]
-            if out.finished:
-                tool_parts.append(state.tools.finish())
-            content = "".join(p.content for p in tool_parts)
-            calls = [c for p in tool_parts for c in p.tool_calls]
-        state.saw_tool_call = state.saw_tool_call or bool(calls)
+        parsed = parse_delta(state, out)
+        reasoning, content, calls = parsed.reasoning, parsed.content, parsed.tool_calls
         logprobs = None
         if prepared.params.logprobs is not None and out.logprobs:
             stop = out.stop_reason if out.finished else None
