@@ -262,7 +262,8 @@ class Scheduler:
             self._waiting.popleft()
             seq.status = SequenceStatus.RUNNING
             seq.num_computed_tokens = hit.num_tokens
-            seq.num_cached_tokens = min(hit.num_tokens, seq.num_prompt_tokens)
+            if seq.num_preemptions == 0:  # readmission finds the sequence's own blocks: not a prefix hit
+                seq.num_cached_tokens = min(hit.num_tokens, seq.num_prompt_tokens)
             self._running.append(seq)
             chunks.append(ScheduledChunk(seq, num_new))
             budget -= num_new
