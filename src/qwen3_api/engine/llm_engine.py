@@ -123,12 +123,16 @@ class LLMEngine:
             apply_structured_masks(logits, [self._matchers.get(s.request_id) for s in sampling])
         rows = [SamplingRow(s.request_id, s.params, s.prompt_token_ids, s.output_token_ids) for s in sampling]
         picked = self.sampler.sample(logits, rows)
+        ended: set[str] = set()  # grammar complete: only end tokens remain, so stop even with ignore_eos
         for seq, pick in zip(sampling, picked, strict=True):
             matcher = self._matchers.get(seq.request_id)
             if matcher is not None and not matcher.accept(pick.token_id):
                 # Cannot happen with masked logits; if it does, the mask now allows only end tokens.
                 logger.error("request %s: grammar rejected token %d: %s", seq.request_id, pick.token_id, matcher.error)
-        finished = self.scheduler.update(out, {s.request_id: p.token_id for s, p in zip(sampling, picked, strict=True)})
+            if matcher is not None and (matcher.is_terminated or matcher.is_error):
+                ended.add(seq.request_id)
+        sampled = {s.request_id: p.token_id for s, p in zip(sampling, picked, strict=True)}
+        finished = self.scheduler.update(out, sampled, frozenset(ended))
         finished_ids = {s.request_id for s in finished}
         if finished_ids:
             self._release(finished_ids)

@@ -1,0 +1,34 @@
+"""Fields that must change what the server does: user, parallel_tool_calls, strict, ignore_eos with a grammar."""
+
+from __future__ import annotations
+
+import json
+
+import jsonschema
+import openai
+
+from tests.conftest import ServerProcess
+
+FLAG = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"], "additionalProperties": False}
+
+
+def test_user_is_logged_with_the_response_id(client: openai.OpenAI, model_id: str, torch_server: ServerProcess) -> None:
+    chat = client.chat.completions.create(
+        model=model_id, messages=[{"role": "user", "content": "hi"}], max_tokens=2, user="alice-42"
+    )
+    response = client.responses.create(model=model_id, input="hi", max_output_tokens=2, user="bob-7")
+    log = torch_server.log()
+    assert f"request {chat.id}: user 'alice-42'" in log
+    assert f"request {response.id}: user 'bob-7'" in log
+
+
+def test_ignore_eos_stops_when_the_grammar_is_complete(client: openai.OpenAI, model_id: str) -> None:
+    response = client.chat.completions.create(
+        model=model_id, messages=[{"role": "user", "content": "Answer."}], max_tokens=300,
+        response_format={"type": "json_schema", "json_schema": {"name": "flag", "schema": FLAG}},
+        extra_body={"ignore_eos": True},
+    )  # fmt: skip
+    choice = response.choices[0]
+    assert choice.finish_reason == "stop"
+    jsonschema.validate(json.loads(choice.message.content or ""), FLAG)
+    assert response.usage is not None and response.usage.completion_tokens < 30
