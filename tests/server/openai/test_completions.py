@@ -85,8 +85,8 @@ def test_completion_prompts_run_together(client: openai.OpenAI, model_id: str, t
 
     def send() -> None:
         try:
-            results.append(client.completions.create(
-                model=model_id, prompt=["a", "b", "c"], max_tokens=200, extra_body={"ignore_eos": True}
+            results.append(client.with_options(timeout=600).completions.create(
+                model=model_id, prompt=["a", "b", "c"], max_tokens=100, extra_body={"ignore_eos": True}
             ))  # fmt: skip
         except Exception as exc:
             results.append(exc)

@@ -8,6 +8,7 @@ import jsonschema
 import openai
 
 from tests.conftest import ServerProcess
+from tests.server.openai.test_structured_and_tools import WEATHER
 
 FLAG = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"], "additionalProperties": False}
 
@@ -32,3 +33,18 @@ def test_ignore_eos_stops_when_the_grammar_is_complete(client: openai.OpenAI, mo
     assert choice.finish_reason == "stop"
     jsonschema.validate(json.loads(choice.message.content or ""), FLAG)
     assert response.usage is not None and response.usage.completion_tokens < 30
+
+
+def test_invalid_tool_call_block_stays_in_content_and_is_logged(
+    client: openai.OpenAI, model_id: str, torch_server: ServerProcess
+) -> None:
+    # A forced call cut off by max_tokens is not a valid call: it comes back as content exactly as written
+    # (nothing is lost, no call is made up), and the server log names the response.
+    response = client.chat.completions.create(
+        model=model_id, messages=[{"role": "user", "content": "Weather?"}], tools=[WEATHER], tool_choice="required",  # type: ignore[list-item]
+        max_tokens=12, temperature=0.7,
+    )  # fmt: skip
+    choice = response.choices[0]
+    assert choice.finish_reason == "length" and not choice.message.tool_calls
+    assert (choice.message.content or "").startswith('<tool_call>\n{"name": "get_weather')
+    assert f"request {response.id}: 1 invalid <tool_call> block(s) returned as content text" in torch_server.log()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from qwen3_api.engine.async_engine import FinalOutput
 
 EMPTY_THINK_BLOCK = "<think>\n\n</think>\n\n"
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,7 @@ class PreparedChat:
     n: int
     starts_in_reasoning: bool
     parse_tools: bool
+    max_tool_calls: int | None = None  # 1 with parallel_tool_calls false: later calls are dropped
 
 
 @dataclass
@@ -61,9 +64,12 @@ class ChoiceState:
     cached_tokens: int = 0
     logprobs: list[dict[str, Any]] = field(default_factory=list)
 
+    max_tool_calls: int | None = None
+
     @classmethod
     def of(cls, prepared: PreparedChat) -> ChoiceState:
-        return cls(ReasoningParser(prepared.starts_in_reasoning), ToolCallParser() if prepared.parse_tools else None)
+        tools = ToolCallParser() if prepared.parse_tools else None
+        return cls(ReasoningParser(prepared.starts_in_reasoning), tools, max_tool_calls=prepared.max_tool_calls)
 
 
 @dataclass(frozen=True)
@@ -91,8 +97,16 @@ def parse_delta(state: ChoiceState, out: RequestOutput) -> ChoiceDelta:
             tool_parts.append(state.tools.finish())
         content = "".join(p.content for p in tool_parts)
         calls = [c for p in tool_parts for c in p.tool_calls]
+        if state.max_tool_calls is not None:
+            calls = [c for c in calls if c.index < state.max_tool_calls]
     state.saw_tool_call = state.saw_tool_call or bool(calls)
     return ChoiceDelta(reasoning, content, calls)
+
+
+def log_invalid_tool_calls(response_id: str, count: int) -> None:
+    """Say so when `<tool_call>` blocks were not valid calls and went back into the content as written."""
+    if count:
+        logger.warning("request %s: %d invalid <tool_call> block(s) returned as content text", response_id, count)
 
 
 def _template_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:
@@ -142,7 +156,10 @@ class ChatServing(OpenAIServing):
         )
         param = "max_completion_tokens" if request.max_completion_tokens else "max_tokens"
         self.engine.check_request(prompt_ids, params, param)
-        return PreparedChat(prompt_ids, params, request.n, prompt_opens_reasoning(prompt), tools is not None)
+        return PreparedChat(
+            prompt_ids, params, request.n, prompt_opens_reasoning(prompt), tools is not None,
+            max_tool_calls=None if request.parallel_tool_calls else 1,
+        )  # fmt: skip
 
     def _defaults(self, thinking_mode: bool) -> SamplingDefaults:
         if self.engine.tokenizer.supports_thinking:
@@ -175,7 +192,7 @@ class ChatServing(OpenAIServing):
         response_id = completion_id("chatcmpl")
         log_user(response_id, request.user)
         outputs = await self.generate_all(prepared.prompt_token_ids, prepared.params, prepared.n)
-        choices = [self.choice(i, out, prepared) for i, out in enumerate(outputs)]
+        choices = [self.choice(i, out, prepared, response_id) for i, out in enumerate(outputs)]
         return ChatCompletion(
             id=response_id,
             created=now(),
@@ -184,12 +201,15 @@ class ChatServing(OpenAIServing):
             usage=usage_of(len(prepared.prompt_token_ids), outputs),
         )
 
-    def choice(self, index: int, out: FinalOutput, prepared: PreparedChat) -> ChatChoice:
+    def choice(self, index: int, out: FinalOutput, prepared: PreparedChat, response_id: str = "") -> ChatChoice:
         """One finished output as a chat choice: reasoning, content and tool calls split out."""
         reasoning, content = ReasoningParser(prepared.starts_in_reasoning).split(out.text)
         calls = []
         if prepared.parse_tools:
-            content, parsed = ToolCallParser().parse(content)
+            parser = ToolCallParser()
+            content, parsed = parser.parse(content)
+            log_invalid_tool_calls(response_id, parser.invalid_blocks)
+            parsed = parsed[: prepared.max_tool_calls]
             calls = [
                 {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}} for c in parsed
             ]
@@ -225,6 +245,8 @@ class ChatServing(OpenAIServing):
                 state = states[index]
                 for event in self._deltas(index, state, out, prepared, chunk):
                     yield event
+            for state in states:
+                log_invalid_tool_calls(chunk_id, state.tools.invalid_blocks if state.tools else 0)
             if request.include_usage:
                 usage = {
                     "prompt_tokens": len(prepared.prompt_token_ids),

@@ -40,7 +40,14 @@ from qwen3_api.server.openai.responses_protocol import (
 )
 from qwen3_api.server.openai.responses_store import ResponseStore, StoredResponse
 from qwen3_api.server.openai.serving import OpenAIServing, log_user
-from qwen3_api.server.openai.serving_chat import ChatServing, ChoiceDelta, ChoiceState, PreparedChat, parse_delta
+from qwen3_api.server.openai.serving_chat import (
+    ChatServing,
+    ChoiceDelta,
+    ChoiceState,
+    PreparedChat,
+    log_invalid_tool_calls,
+    parse_delta,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -169,7 +176,7 @@ class ResponsesServing(OpenAIServing):
         log_user(prepared.response_id, request.user)
         chat = prepared.chat
         out = (await self.chat.generate_all(chat.prompt_token_ids, chat.params, 1))[0]
-        message = self.chat.choice(0, out, chat).message
+        message = self.chat.choice(0, out, chat, prepared.response_id).message
         status = "incomplete" if out.finish_reason is FinishReason.LENGTH else "completed"
         items = output_items(message.reasoning_content, message.content, message.tool_calls or [], status)
         usage = self._usage(
@@ -200,6 +207,7 @@ class ResponsesServing(OpenAIServing):
                     yield event
                 finish = out.finish_reason
             status = "incomplete" if finish is FinishReason.LENGTH else "completed"
+            log_invalid_tool_calls(prepared.response_id, state.tools.invalid_blocks if state.tools else 0)
             if output.is_empty:  # as non-streamed: at least one, empty, message
                 for event in output.open_message():
                     yield event
