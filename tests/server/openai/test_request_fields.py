@@ -6,6 +6,7 @@ import json
 
 import jsonschema
 import openai
+import pytest
 
 from tests.conftest import ServerProcess
 from tests.server.openai.test_structured_and_tools import WEATHER
@@ -48,3 +49,24 @@ def test_invalid_tool_call_block_stays_in_content_and_is_logged(
     assert choice.finish_reason == "length" and not choice.message.tool_calls
     assert (choice.message.content or "").startswith('<tool_call>\n{"name": "get_weather')
     assert f"request {response.id}: 1 invalid <tool_call> block(s) returned as content text" in torch_server.log()
+
+
+def strict(tool: dict) -> dict:
+    return {**tool, "function": {**tool["function"], "strict": True}}
+
+
+def test_strict_function_with_auto_is_400_and_enforced_when_forced(client: openai.OpenAI, model_id: str) -> None:
+    ask = [{"role": "user", "content": "Weather?"}]
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model=model_id, messages=ask, tools=[strict(WEATHER)], max_tokens=4)  # type: ignore[arg-type,list-item]
+    assert "strict" in info.value.body["message"] and info.value.body["param"] == "tools"  # type: ignore[index]
+    with pytest.raises(openai.BadRequestError):
+        client.responses.create(model=model_id, input="Weather?", max_output_tokens=4,
+                                tools=[{"type": "function", **strict(WEATHER)["function"]}])  # type: ignore[list-item]  # fmt: skip
+    forced = client.chat.completions.create(
+        model=model_id, messages=ask, tools=[strict(WEATHER)], tool_choice="required", max_tokens=300, temperature=0.7  # type: ignore[arg-type,list-item]
+    )
+    calls = forced.choices[0].message.tool_calls or []
+    assert calls
+    for call in calls:
+        jsonschema.validate(json.loads(call.function.arguments), WEATHER["function"]["parameters"])

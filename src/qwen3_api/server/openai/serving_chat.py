@@ -131,6 +131,7 @@ class ChatServing(OpenAIServing):
         self.check_n(request.n)
         tokenizer = self.engine.tokenizer
         tool_choice = request.tool_choice or ("auto" if request.tools else "none")
+        self._check_strict(request, tool_choice)
         structured = self._structured(request, tool_choice)
         thinking = request.thinking_requested
         if structured is not None and tokenizer.supports_thinking:
@@ -160,6 +161,20 @@ class ChatServing(OpenAIServing):
             prompt_ids, params, request.n, prompt_opens_reasoning(prompt), tools is not None,
             max_tool_calls=None if request.parallel_tool_calls else 1,
         )  # fmt: skip
+
+    @staticmethod
+    def _check_strict(request: ChatCompletionRequest, tool_choice: object) -> None:
+        """`strict: true` on a function is kept only where the grammar enforces it: a forced call."""
+        if tool_choice != "auto":
+            return  # none: no call can be made; required / named: the grammar holds every call to its schema
+        for index, tool in enumerate(request.tools or []):
+            if tool.function.strict:
+                raise InvalidRequestError(
+                    f"tools[{index}] ({tool.function.name}) has strict: true, which this server enforces only on "
+                    "forced calls (tool_choice 'required' or a named function), where the grammar holds the "
+                    "arguments to the schema; with tool_choice 'auto' set strict to false or leave it out",
+                    "tools",
+                )
 
     def _defaults(self, thinking_mode: bool) -> SamplingDefaults:
         if self.engine.tokenizer.supports_thinking:
