@@ -83,6 +83,9 @@ def serve(
     shutdown_timeout: Annotated[
         Optional[float], typer.Option(help="seconds in-flight requests get after SIGTERM [default 30]")
     ] = None,
+    responses_store_size: Annotated[
+        Optional[int], typer.Option(help="responses kept for previous_response_id (LRU) [default 1000]")
+    ] = None,
 ) -> None:
     """Start the HTTP server; it listens at once and loads the model in the background."""
     import uvicorn
@@ -101,6 +104,7 @@ def serve(
         cors_origins=",".join(cors_origins) if cors_origins else None,
         log_format=log_format, grammar_compile_timeout=grammar_compile_timeout,
         request_timeout=request_timeout, shutdown_timeout=shutdown_timeout,
+        responses_store_size=responses_store_size,
     )  # fmt: skip
     configure_server_logging(settings.log_level, settings.log_format)
     server: uvicorn.Server | None = None

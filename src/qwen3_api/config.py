@@ -52,6 +52,10 @@ class Settings(BaseSettings):
     shutdown_timeout: float = Field(
         30.0, ge=0, description="seconds unfinished requests get to finish after SIGTERM/SIGINT before being aborted"
     )
+    # Responses API
+    responses_store_size: int = Field(
+        1000, ge=0, description="responses kept in memory for previous_response_id and GET (LRU; 0 keeps none)"
+    )
 
     @field_validator("model")
     @classmethod

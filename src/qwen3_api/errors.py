@@ -35,6 +35,10 @@ class ModelNotFoundError(InvalidRequestError):
     """The request names a model this server does not serve."""
 
 
+class NotFoundError(InvalidRequestError):
+    """The request names an object (a stored response) that does not exist (404)."""
+
+
 class ModelNotReadyError(Qwen3APIError):
     """The model or tokenizer is not loaded (still loading, or loading failed)."""
 

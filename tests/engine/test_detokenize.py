@@ -195,3 +195,25 @@ def test_stop_choice_does_not_depend_on_chunking(tokenizer) -> None:
         stream(detokenizer, token_ids, chunk)
         results.append((detokenizer.output_text, detokenizer.stop_string))
     assert results == [("xx a", "bcd")] * 3
+
+
+class DecodeSpy:
+    """The real tokenizer, recording how many tokens each decode call is given."""
+
+    def __init__(self, tokenizer: transformers.PreTrainedTokenizerBase) -> None:
+        self.tokenizer = tokenizer
+        self.lengths: list[int] = []
+
+    def decode(self, token_ids: list[int], skip_special_tokens: bool = True) -> str:
+        self.lengths.append(len(token_ids))
+        return str(self.tokenizer.decode(token_ids, skip_special_tokens=skip_special_tokens))
+
+
+def test_runs_of_skipped_special_tokens_keep_each_decode_small(tokenizer) -> None:
+    spy = DecodeSpy(tokenizer)
+    detokenizer = IncrementalDetokenizer(spy, tokenizer.encode("User said:"))
+    token_ids = tokenizer.encode("Hi 你好") + [IM_END, 151643] * 200 + tokenizer.encode(" there 😀")
+    deltas = stream(detokenizer, token_ids)
+    assert "".join(deltas) == tokenizer.decode(token_ids, skip_special_tokens=True) == "Hi 你好 there 😀"
+    # each step decodes a window of a few tokens, however long the run of special tokens before it
+    assert max(spy.lengths) <= 12, max(spy.lengths)

@@ -412,6 +412,22 @@ def test_preemption_recomputes_and_gives_the_same_output(
         assert seq.output_token_ids == reference_output(seq.prompt_token_ids, seq.params)
 
 
+def test_preempted_recomputation_is_not_a_prefix_hit(make_scheduler: SchedulerFactory) -> None:
+    # As above: s2 is preempted with output tokens and readmitted onto its own cached blocks. Distinct prompts
+    # share nothing, so no sequence was served a prefix and the prefix statistics must say so.
+    scheduler = make_scheduler(num_blocks=8, max_num_seqs=3, max_model_len=32)
+    executor = FakeExecutor(BLOCK)
+    seqs = [make_seq(f"s{i}", [10 * i + j for j in range(8)], max_tokens=16) for i in range(4)]
+    for seq in seqs:
+        scheduler.add(seq)
+    run_to_completion(scheduler, executor)
+    assert sum(seq.num_preemptions for seq in seqs) >= 1
+    assert [seq.num_cached_tokens for seq in seqs] == [0, 0, 0, 0]
+    stats = scheduler.kv_cache.stats
+    assert stats.prefix_hit_tokens == 0
+    assert stats.prefix_queried_tokens == sum(seq.num_prompt_tokens for seq in seqs)
+
+
 def test_prefills_competing_for_blocks_do_not_deadlock(make_scheduler: SchedulerFactory) -> None:
     """Two long prompts admitted together, with no decode to free blocks: one must yield."""
     scheduler = make_scheduler(num_blocks=8, max_model_len=32, max_num_batched_tokens=8)

@@ -44,6 +44,15 @@ def test_generate_fills_and_echoes_defaults(server: ServerProcess) -> None:
     assert len(body["generated_texts"]) == 1 and isinstance(body["generated_texts"][0], str)
 
 
+def test_generate_echoes_the_values_used(server: ServerProcess) -> None:
+    body = {"prompt": "Hi", "max_length": 3, "temperature": 1, "top_p": 0.5, "top_k": 0, "num_return_sequences": 2}
+    response = post(server, body)
+    assert response.status_code == 200, response.text
+    echoed = response.json()["parameters"]
+    assert echoed == {**body, "temperature": 1.0}
+    assert isinstance(echoed["temperature"], float)
+
+
 def test_max_length_counts_generated_tokens_only(server: ServerProcess, tiny_model_dir) -> None:
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     body = post(server, {"prompt": "Count to ten. " * 20, "max_length": 5, "temperature": 0}).json()

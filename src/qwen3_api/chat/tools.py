@@ -110,6 +110,7 @@ class ToolCallParser:
         self._out_content: list[str] = []
         self._out_chunks: list[ToolCallChunk] = []
         self._finished = False
+        self.invalid_blocks = 0  # blocks given back as content because they are not a valid call
 
     def feed(self, delta: str) -> ToolCallDelta:
         """Take the next piece of output text; return what is now safe to emit."""
@@ -131,10 +132,12 @@ class ToolCallParser:
     def parse(self, text: str) -> tuple[str, list[ToolCall]]:
         """Parse a whole output into (content, calls); blocks that are not valid JSON stay in content.
 
-        Uses a fresh parser, so this parser's streaming state is untouched.
+        Uses a fresh parser, so this parser's streaming state is untouched; `invalid_blocks` of this parser
+        counts the blocks given back as content.
         """
         parser = ToolCallParser()
         first, last = parser.feed(text), parser.finish()
+        self.invalid_blocks = parser.invalid_blocks + sum(not call.valid for call in parser._calls)
         content = first.content + last.content
         calls: list[ToolCall] = []
         for call in reversed(parser._calls):  # back to front, so earlier offsets stay right
@@ -267,6 +270,7 @@ class ToolCallParser:
         block = self._block or ""
         parsed = _call_from_json(block[:end])
         if parsed is None:
+            self.invalid_blocks += 1
             self._emit_content(self._gap + TOOL_CALL_OPEN + block[:end] + (TOOL_CALL_CLOSE if closed else ""))
         else:
             name, arguments = parsed

@@ -105,8 +105,14 @@ class IncrementalDetokenizer:
         self._token_ids.append(token_id)
         prefix_text = self._decode_prefix()
         window_text = self._decode_window()
-        if len(window_text) <= len(prefix_text) or window_text.endswith(REPLACEMENT_CHAR):
-            return ""  # nothing new yet (skipped special token) or a character still incomplete
+        if window_text.endswith(REPLACEMENT_CHAR):
+            return ""  # a character still incomplete: wait for its remaining bytes
+        if len(window_text) <= len(prefix_text):
+            # The token decodes to nothing here (a skipped special token). Byte-level BPE tokens carry their own
+            # bytes, so such a token adds no context either: drop it, and a run of them keeps the window (and so
+            # each decode) as small as before instead of growing by one token per step.
+            del self._token_ids[-1]
+            return ""
         # The read offset only moves where the text ends on a whole character, so the window's text always
         # starts with the prefix's text and the difference is exactly the new characters.
         new_text = window_text[len(prefix_text) :]

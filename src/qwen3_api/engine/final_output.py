@@ -32,8 +32,10 @@ async def collect_final_output(stream: AsyncIterator[RequestOutput]) -> FinalOut
     async for out in stream:
         texts.append(out.new_text)
         token_ids.extend(out.new_token_ids)
-        if out.logprobs is not None:
-            logprobs = (logprobs or []) + out.logprobs
+        if out.logprobs is not None:  # extended in place: O(new entries) per output, not O(all so far)
+            if logprobs is None:
+                logprobs = []
+            logprobs.extend(out.logprobs)
         last = out
     if last is None or last.finish_reason is None:
         raise EngineError("the request ended without a finish reason")

@@ -163,9 +163,11 @@ class KVCacheManager:
             self._ref_counts[block_id] += 1
         seq.block_table = list(hit.block_ids) + [self._pop_free_block() for _ in range(num_new_blocks)]
         self._seq_num_registered[seq.request_id] = len(hit.block_ids)
-        if self.reuses_prefixes:
-            self._queried_tokens += seq.num_tokens
-            self._hit_tokens += hit.num_tokens
+        if self.reuses_prefixes and seq.num_preemptions == 0:
+            # Only a first admission's prompt counts: a preempted sequence finding its own blocks again, or
+            # output tokens found in the cache, are recomputation saved, not prefix hits.
+            self._queried_tokens += seq.num_prompt_tokens
+            self._hit_tokens += min(hit.num_tokens, seq.num_prompt_tokens)
         return True
 
     def num_allocatable_tokens(self, seq: Sequence) -> int:

@@ -135,6 +135,7 @@ class LLMEngine:
         if self._matchers:
             self._apply_masks(logits, sampling, failed)
         picked = self._sample(logits, sampling, failed)
+        ended: set[str] = set()  # grammar complete: only end tokens remain, so stop even with ignore_eos
         for seq in sampling:
             matcher = self._matchers.get(seq.request_id)
             if matcher is None or seq.request_id in failed:
@@ -144,11 +145,14 @@ class LLMEngine:
                     # Cannot happen with masked logits; if it does, the mask now allows only end tokens.
                     logger.error("request %s: grammar rejected token %d: %s", seq.request_id,
                                  picked[seq.request_id].token_id, matcher.error)  # fmt: skip
+                if matcher.is_terminated or matcher.is_error:
+                    ended.add(seq.request_id)
             except Exception as exc:
                 failed[seq.request_id] = _describe("the grammar failed", exc, seq.request_id)
         for request_id in failed:
             self.scheduler.abort(request_id)  # update() skips it; its blocks are free now
-        finished = self.scheduler.update(out, {rid: p.token_id for rid, p in picked.items() if rid not in failed})
+        sampled = {rid: p.token_id for rid, p in picked.items() if rid not in failed}
+        finished = self.scheduler.update(out, sampled, frozenset(ended))
         finished_ids = {s.request_id for s in finished}
         if finished_ids or failed:
             self._release(finished_ids | failed.keys())

@@ -161,10 +161,13 @@ class Scheduler:
         finished_ids, self._finished_ids = self._finished_ids, []
         return SchedulerOutput(chunks=chunks, preempted=preempted, finished_request_ids=finished_ids)
 
-    def update(self, output: SchedulerOutput, sampled: dict[str, int]) -> list[Sequence]:
+    def update(
+        self, output: SchedulerOutput, sampled: dict[str, int], ended: frozenset[str] = frozenset()
+    ) -> list[Sequence]:
         """Record a computed step: advance progress, cache full blocks, append sampled tokens; return the finished.
 
-        `sampled` maps request id to the token sampled for every chunk that `samples`.
+        `sampled` maps request id to the token sampled for every chunk that `samples`. Requests in `ended` stop
+        with their token (their grammar is complete), even with `ignore_eos`.
         """
         finished: list[Sequence] = []
         for chunk in output.chunks:
@@ -181,7 +184,7 @@ class Scheduler:
             if token is None:
                 raise EngineError(f"the executor sampled no token for request {seq.request_id}")
             seq.output_token_ids.append(token)
-            reason = self._finish_reason(seq, token)
+            reason = FinishReason.STOP if seq.request_id in ended else self._finish_reason(seq, token)
             if reason is not None:
                 self._finish(seq, reason)
                 finished.append(seq)
@@ -262,7 +265,8 @@ class Scheduler:
             self._waiting.popleft()
             seq.status = SequenceStatus.RUNNING
             seq.num_computed_tokens = hit.num_tokens
-            seq.num_cached_tokens = min(hit.num_tokens, seq.num_prompt_tokens)
+            if seq.num_preemptions == 0:  # readmission finds the sequence's own blocks: not a prefix hit
+                seq.num_cached_tokens = min(hit.num_tokens, seq.num_prompt_tokens)
             self._running.append(seq)
             chunks.append(ScheduledChunk(seq, num_new))
             budget -= num_new

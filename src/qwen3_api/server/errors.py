@@ -22,9 +22,10 @@ from qwen3_api.errors import (
     InvalidRequestError,
     ModelNotFoundError,
     ModelNotReadyError,
+    NotFoundError,
     Qwen3APIError,
-    RequestTooLargeError,
     RequestTimeoutError,
+    RequestTooLargeError,
     ServerShuttingDownError,
 )
 from qwen3_api.server.limits import InvalidTextError
@@ -43,7 +44,7 @@ def is_openai_path(request: Request) -> bool:
 
 def status_of(exc: Qwen3APIError, openai: bool) -> int:
     """HTTP status for one of our errors."""
-    if isinstance(exc, ModelNotFoundError):
+    if isinstance(exc, (ModelNotFoundError, NotFoundError)):
         return 404
     if isinstance(exc, AuthenticationError):
         return 401

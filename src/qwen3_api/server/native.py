@@ -105,7 +105,16 @@ async def generate(
     if request.stream:
         return StreamingResponse(_stream_events(observe(streams)), media_type="text/event-stream")
     outputs = await until_disconnected(http_request, collect_all(observe(streams)))
-    return GenerateResponse(
-        generated_texts=[o.text for o in outputs],
-        parameters=GenerationParameters(**request.model_dump(include=set(GenerationParameters.model_fields))),
+    return GenerateResponse(generated_texts=[o.text for o in outputs], parameters=used_parameters(request, params))
+
+
+def used_parameters(request: GenerateRequest, params: SamplingParams) -> GenerationParameters:
+    """The six echoed parameters, read from the sampling parameters the engine ran with (defaults filled in)."""
+    return GenerationParameters(
+        prompt=request.prompt,
+        max_length=params.max_tokens,
+        temperature=params.temperature,
+        top_p=params.top_p,
+        top_k=params.top_k,
+        num_return_sequences=request.num_return_sequences,
     )

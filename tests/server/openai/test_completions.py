@@ -71,3 +71,33 @@ def test_generate_stream_sends_deltas_then_finish(torch_server: ServerProcess) -
     for index in (0, 1):
         text = "".join(e["text"] for e in events[:-1] if e.get("index") == index and "text" in e)
         assert text == plain["generated_texts"][index]
+
+
+def test_completion_prompts_run_together(client: openai.OpenAI, model_id: str, torch_server: ServerProcess) -> None:
+    # A list of prompts is submitted at once, so its sequences share engine steps: while the request runs, the
+    # engine holds all three (one after another, it would never hold more than one).
+    import threading
+    import time
+
+    from tests.server.test_disconnect import unfinished
+
+    results: list[object] = []
+
+    def send() -> None:
+        try:
+            results.append(client.with_options(timeout=600).completions.create(
+                model=model_id, prompt=["a", "b", "c"], max_tokens=100, extra_body={"ignore_eos": True}
+            ))  # fmt: skip
+        except Exception as exc:
+            results.append(exc)
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    seen = 0.0
+    while sender.is_alive():
+        seen = max(seen, unfinished(torch_server))
+        time.sleep(0.05)
+    sender.join()
+    assert isinstance(results[0], openai.types.Completion), results[0]
+    assert len(results[0].choices) == 3
+    assert seen == 3

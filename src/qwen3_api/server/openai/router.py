@@ -22,8 +22,11 @@ from qwen3_api.server.openai.protocol import (
     TokenizeRequest,
     now,
 )
+from qwen3_api.server.openai.responses_protocol import ResponsesRequest
+from qwen3_api.server.openai.responses_store import ResponseStore
 from qwen3_api.server.openai.serving_chat import ChatServing, _template_messages
 from qwen3_api.server.openai.serving_completions import CompletionServing
+from qwen3_api.server.openai.serving_responses import ResponsesServing
 from qwen3_api.server.state import ServerState, ready_engine, server_state
 
 router = APIRouter()
@@ -37,7 +40,9 @@ async def list_models(engine: Annotated[AsyncEngine, Depends(ready_engine)]) -> 
     return {"object": "list", "data": [card]}
 
 
-async def _respond(serving: ChatServing | CompletionServing, body: Any, request: Request, admit: Admission) -> Any:
+async def _respond(
+    serving: ChatServing | CompletionServing | ResponsesServing, body: Any, request: Request, admit: Admission
+) -> Any:
     """Prepare (all validation happens here, before any byte is sent), admit (503 when full), then stream or answer.
 
     Preparing (templating, tokenizing, building the grammar) runs in a worker thread: a huge request never stalls
@@ -86,6 +91,40 @@ async def completions(
     admit: Annotated[Admission, Depends(admission)],
 ) -> Completion | StreamingResponse:
     return await _respond(CompletionServing(engine, state.settings), body, request, admit)  # type: ignore[no-any-return]
+
+
+def response_store(request: Request) -> ResponseStore:
+    """Dependency: the app's store of responses (created on first use, sized by --responses-store-size)."""
+    app_state = request.app.state
+    if getattr(app_state, "responses_store", None) is None:
+        app_state.responses_store = ResponseStore(server_state(request).settings.responses_store_size)
+    store: ResponseStore = app_state.responses_store
+    return store
+
+
+@router.post("/v1/responses", response_model=None)
+async def create_response(
+    body: ResponsesRequest,
+    request: Request,
+    engine: Annotated[AsyncEngine, Depends(ready_engine)],
+    state: Annotated[ServerState, Depends(server_state)],
+    store: Annotated[ResponseStore, Depends(response_store)],
+    admit: Annotated[Admission, Depends(admission)],
+) -> dict[str, Any] | StreamingResponse:
+    return await _respond(ResponsesServing(engine, state.settings, store), body, request, admit)  # type: ignore[no-any-return]
+
+
+@router.get("/v1/responses/{response_id}")
+async def retrieve_response(
+    response_id: str, store: Annotated[ResponseStore, Depends(response_store)]
+) -> dict[str, Any]:
+    return store.get(response_id).response
+
+
+@router.delete("/v1/responses/{response_id}")
+async def delete_response(response_id: str, store: Annotated[ResponseStore, Depends(response_store)]) -> dict[str, Any]:
+    store.delete(response_id)
+    return {"id": response_id, "object": "response", "deleted": True}
 
 
 @router.post("/tokenize")

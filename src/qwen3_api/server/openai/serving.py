@@ -23,6 +23,12 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+def log_user(response_id: str, user: str | None) -> None:
+    """Log the request's `user` with the id its response carries, so an operator can trace abuse to a user."""
+    if user is not None:
+        logger.info("request %s: user %r", response_id, user)
+
+
 def served_model_names(engine: AsyncEngine) -> set[str]:
     """The names a request may use for the served model: its id, and the last part of a path or repo id."""
     return {engine.model_name, PurePath(engine.model_name).name}

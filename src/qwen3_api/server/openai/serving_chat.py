@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -30,13 +31,14 @@ from qwen3_api.server.openai.protocol import (
     completion_id,
     now,
 )
-from qwen3_api.server.openai.serving import OpenAIServing, error_event, generation_defaults, usage_of
+from qwen3_api.server.openai.serving import OpenAIServing, error_event, generation_defaults, log_user, usage_of
 from qwen3_api.server.streams import DONE, merge, sse
 
 if TYPE_CHECKING:
     from qwen3_api.engine.async_engine import FinalOutput
 
 EMPTY_THINK_BLOCK = "<think>\n\n</think>\n\n"
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -48,16 +50,63 @@ class PreparedChat:
     n: int
     starts_in_reasoning: bool
     parse_tools: bool
+    max_tool_calls: int | None = None  # 1 with parallel_tool_calls false: later calls are dropped
 
 
 @dataclass
-class _ChoiceState:
+class ChoiceState:
+    """One streamed choice's parsers and counts."""
+
     reasoning: ReasoningParser
     tools: ToolCallParser | None
     saw_tool_call: bool = False
     completion_tokens: int = 0
     cached_tokens: int = 0
     logprobs: list[dict[str, Any]] = field(default_factory=list)
+
+    max_tool_calls: int | None = None
+
+    @classmethod
+    def of(cls, prepared: PreparedChat) -> ChoiceState:
+        tools = ToolCallParser() if prepared.parse_tools else None
+        return cls(ReasoningParser(prepared.starts_in_reasoning), tools, max_tool_calls=prepared.max_tool_calls)
+
+
+@dataclass(frozen=True)
+class ChoiceDelta:
+    """What one engine output adds to a streamed choice: reasoning text, content text, tool-call chunks."""
+
+    reasoning: str
+    content: str
+    tool_calls: list[ToolCallChunk]
+
+
+def parse_delta(state: ChoiceState, out: RequestOutput) -> ChoiceDelta:
+    """Feed one engine output through the choice's reasoning and tool-call parsers (shared by chat and Responses)."""
+    state.completion_tokens = out.completion_tokens
+    state.cached_tokens = out.cached_tokens
+    parts = [state.reasoning.feed(out.new_text)]
+    if out.finished:
+        parts.append(state.reasoning.finish())
+    reasoning = "".join(p.reasoning for p in parts)
+    content = "".join(p.content for p in parts)
+    calls: list[ToolCallChunk] = []
+    if state.tools is not None:
+        tool_parts = [state.tools.feed(content)]
+        if out.finished:
+            tool_parts.append(state.tools.finish())
+        content = "".join(p.content for p in tool_parts)
+        calls = [c for p in tool_parts for c in p.tool_calls]
+        if state.max_tool_calls is not None:
+            calls = [c for c in calls if c.index < state.max_tool_calls]
+    state.saw_tool_call = state.saw_tool_call or bool(calls)
+    return ChoiceDelta(reasoning, content, calls)
+
+
+def log_invalid_tool_calls(response_id: str, count: int) -> None:
+    """Say so when `<tool_call>` blocks were not valid calls and went back into the content as written."""
+    if count:
+        logger.warning("request %s: %d invalid <tool_call> block(s) returned as content text", response_id, count)
 
 
 def _template_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:
@@ -82,6 +131,7 @@ class ChatServing(OpenAIServing):
         self.check_n(request.n)
         tokenizer = self.engine.tokenizer
         tool_choice = request.tool_choice or ("auto" if request.tools else "none")
+        self._check_strict(request, tool_choice)
         structured = self._structured(request, tool_choice)
         thinking = request.thinking_requested
         if structured is not None and tokenizer.supports_thinking:
@@ -105,7 +155,24 @@ class ChatServing(OpenAIServing):
         )
         param = "max_completion_tokens" if request.max_completion_tokens else "max_tokens"
         self.engine.check_request(prompt_ids, params, param)
-        return PreparedChat(prompt_ids, params, request.n, prompt_opens_reasoning(prompt), tools is not None)
+        return PreparedChat(
+            prompt_ids, params, request.n, prompt_opens_reasoning(prompt), tools is not None,
+            max_tool_calls=None if request.parallel_tool_calls else 1,
+        )  # fmt: skip
+
+    @staticmethod
+    def _check_strict(request: ChatCompletionRequest, tool_choice: object) -> None:
+        """`strict: true` on a function is kept only where the grammar enforces it: a forced call."""
+        if tool_choice != "auto":
+            return  # none: no call can be made; required / named: the grammar holds every call to its schema
+        for index, tool in enumerate(request.tools or []):
+            if tool.function.strict:
+                raise InvalidRequestError(
+                    f"tools[{index}] ({tool.function.name}) has strict: true, which this server enforces only on "
+                    "forced calls (tool_choice 'required' or a named function), where the grammar holds the "
+                    "arguments to the schema; with tool_choice 'auto' set strict to false or leave it out",
+                    "tools",
+                )
 
     @staticmethod
     def grammars(prepared: PreparedChat) -> list[StructuredOutput]:
@@ -145,21 +212,27 @@ class ChatServing(OpenAIServing):
 
     # ---- non-streaming -------------------------------------------------------------------------------------
     async def complete(self, request: ChatCompletionRequest, prepared: PreparedChat) -> ChatCompletion:
+        response_id = completion_id("chatcmpl")
+        log_user(response_id, request.user)
         outputs = await self.generate_all(prepared.prompt_token_ids, prepared.params, prepared.n)
-        choices = [self._choice(i, out, prepared) for i, out in enumerate(outputs)]
+        choices = [self.choice(i, out, prepared, response_id) for i, out in enumerate(outputs)]
         return ChatCompletion(
-            id=completion_id("chatcmpl"),
+            id=response_id,
             created=now(),
             model=request.model,
             choices=choices,
             usage=usage_of(len(prepared.prompt_token_ids), outputs),
         )
 
-    def _choice(self, index: int, out: FinalOutput, prepared: PreparedChat) -> ChatChoice:
+    def choice(self, index: int, out: FinalOutput, prepared: PreparedChat, response_id: str = "") -> ChatChoice:
+        """One finished output as a chat choice: reasoning, content and tool calls split out."""
         reasoning, content = ReasoningParser(prepared.starts_in_reasoning).split(out.text)
         calls = []
         if prepared.parse_tools:
-            content, parsed = ToolCallParser().parse(content)
+            parser = ToolCallParser()
+            content, parsed = parser.parse(content)
+            log_invalid_tool_calls(response_id, parser.invalid_blocks)
+            parsed = parsed[: prepared.max_tool_calls]
             calls = [
                 {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}} for c in parsed
             ]
@@ -179,12 +252,8 @@ class ChatServing(OpenAIServing):
     # ---- streaming -----------------------------------------------------------------------------------------
     async def stream(self, request: ChatCompletionRequest, prepared: PreparedChat) -> AsyncIterator[str]:
         chunk_id, created = completion_id("chatcmpl"), now()
-        states = [
-            _ChoiceState(
-                ReasoningParser(prepared.starts_in_reasoning), ToolCallParser() if prepared.parse_tools else None
-            )
-            for _ in range(prepared.n)
-        ]
+        log_user(chunk_id, request.user)
+        states = [ChoiceState.of(prepared) for _ in range(prepared.n)]
 
         def chunk(index: int, delta: dict[str, Any], finish: str | None = None, logprobs: Any = None) -> str:
             choice: dict[str, Any] = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
@@ -199,6 +268,8 @@ class ChatServing(OpenAIServing):
                 state = states[index]
                 for event in self._deltas(index, state, out, prepared, chunk):
                     yield event
+            for state in states:
+                log_invalid_tool_calls(chunk_id, state.tools.invalid_blocks if state.tools else 0)
             if request.include_usage:
                 usage = {
                     "prompt_tokens": len(prepared.prompt_token_ids),
@@ -213,23 +284,10 @@ class ChatServing(OpenAIServing):
         yield DONE
 
     def _deltas(
-        self, index: int, state: _ChoiceState, out: RequestOutput, prepared: PreparedChat, chunk: Any
+        self, index: int, state: ChoiceState, out: RequestOutput, prepared: PreparedChat, chunk: Any
     ) -> list[str]:
-        state.completion_tokens = out.completion_tokens
-        state.cached_tokens = out.cached_tokens
-        parts = [state.reasoning.feed(out.new_text)]
-        if out.finished:
-            parts.append(state.reasoning.finish())
-        reasoning = "".join(p.reasoning for p in parts)
-        content = "".join(p.content for p in parts)
-        calls: list[ToolCallChunk] = []
-        if state.tools is not None:
-            tool_parts = [state.tools.feed(content)]
-            if out.finished:
-                tool_parts.append(state.tools.finish())
-            content = "".join(p.content for p in tool_parts)
-            calls = [c for p in tool_parts for c in p.tool_calls]
-        state.saw_tool_call = state.saw_tool_call or bool(calls)
+        parsed = parse_delta(state, out)
+        reasoning, content, calls = parsed.reasoning, parsed.content, parsed.tool_calls
         logprobs = None
         if prepared.params.logprobs is not None and out.logprobs:
             stop = out.stop_reason if out.finished else None

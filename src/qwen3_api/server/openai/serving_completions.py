@@ -19,8 +19,8 @@ from qwen3_api.server.openai.protocol import (
     completion_id,
     now,
 )
-from qwen3_api.server.openai.serving import OpenAIServing, error_event, generation_defaults
-from qwen3_api.server.streams import DONE, merge, sse
+from qwen3_api.server.openai.serving import OpenAIServing, error_event, generation_defaults, log_user
+from qwen3_api.server.streams import DONE, collect_all, merge, sse
 
 if TYPE_CHECKING:
     from qwen3_api.engine.async_engine import FinalOutput
@@ -80,9 +80,10 @@ class CompletionServing(OpenAIServing):
         return streams
 
     async def complete(self, request: CompletionRequest, prepared: PreparedCompletion) -> Completion:
-        outputs: list[FinalOutput] = []
-        for prompt_ids, params in zip(prepared.prompts, prepared.params_per_prompt, strict=True):
-            outputs.extend(await self.generate_all(prompt_ids, params, prepared.n))
+        response_id = completion_id("cmpl")
+        log_user(response_id, request.user)
+        # Every prompt's sequences are submitted together, so they share engine steps.
+        outputs: list[FinalOutput] = await collect_all(self._all_streams(prepared))
         choices = []
         for index, out in enumerate(outputs):
             echo = prepared.prompt_texts[index // prepared.n]
@@ -102,7 +103,7 @@ class CompletionServing(OpenAIServing):
             total_tokens=prompt_tokens + completion_tokens,
             prompt_tokens_details={"cached_tokens": sum(o.cached_tokens for o in outputs[:: prepared.n])},
         )
-        return Completion(id=completion_id("cmpl"), created=now(), model=request.model, choices=choices, usage=usage)
+        return Completion(id=response_id, created=now(), model=request.model, choices=choices, usage=usage)
 
     def _legacy_logprobs(
         self, token_ids: list[int], logprobs: list[TokenLogprob] | None, stop_reason: object, offset: int
@@ -121,6 +122,7 @@ class CompletionServing(OpenAIServing):
 
     async def stream(self, request: CompletionRequest, prepared: PreparedCompletion) -> AsyncIterator[str]:
         chunk_id, created = completion_id("cmpl"), now()
+        log_user(chunk_id, request.user)
         base = {"id": chunk_id, "object": "text_completion", "created": created, "model": request.model}
         completion_tokens = [0] * (len(prepared.prompts) * prepared.n)
         cached = [0] * len(completion_tokens)
