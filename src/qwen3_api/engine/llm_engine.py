@@ -19,6 +19,7 @@ from qwen3_api.engine.sampling import SamplingParams
 from qwen3_api.engine.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
 from qwen3_api.engine.sequence import Sequence
 from qwen3_api.engine.structured import GrammarCompiler, GrammarMatcher
+from qwen3_api.engine.thinking import ThoughtTracker
 from qwen3_api.engine.tokenizer import Tokenizer
 from qwen3_api.errors import InvalidRequestError, ModelLoadError
 from qwen3_api.executors.model_runner import BatchEntry, TorchModelRunner
@@ -48,6 +49,7 @@ class LLMEngine:
         self._make_compiler = grammar_compiler
         self._compiler: GrammarCompiler | None = None
         self._matchers: dict[str, GrammarMatcher] = {}  # requests with structured output
+        self._thoughts: dict[str, ThoughtTracker] = {}  # requests with a thinking budget
         self._arrivals = 0
         self.num_steps = 0
 
@@ -57,12 +59,15 @@ class LLMEngine:
         if params.structured is not None:
             compiler = self._grammar_compiler()
             self._matchers[request_id] = compiler.matcher(compiler.compile(params.structured))
+        if params.thinking is not None:
+            self._thoughts[request_id] = ThoughtTracker(params.thinking)
         self._arrivals += 1
         seq = Sequence(request_id, list(prompt_token_ids), params, self._arrivals, prefix_group)
         try:
             self.scheduler.add(seq)
         except Exception:
             self._matchers.pop(request_id, None)
+            self._thoughts.pop(request_id, None)
             raise
 
     def prepare_grammar(self) -> None:
@@ -88,6 +93,7 @@ class LLMEngine:
         self.runner.release(ids)
         for request_id in ids:
             self._matchers.pop(request_id, None)
+            self._thoughts.pop(request_id, None)
 
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.has_unfinished()
@@ -121,6 +127,8 @@ class LLMEngine:
         sampling = [chunk.seq for chunk in out.chunks if chunk.samples]
         if self._matchers:
             apply_structured_masks(logits, [self._matchers.get(s.request_id) for s in sampling])
+        if self._thoughts:
+            self._end_spent_thoughts(logits, sampling)
         rows = [SamplingRow(s.request_id, s.params, s.prompt_token_ids, s.output_token_ids) for s in sampling]
         picked = self.sampler.sample(logits, rows)
         for seq, pick in zip(sampling, picked, strict=True):
@@ -128,6 +136,9 @@ class LLMEngine:
             if matcher is not None and not matcher.accept(pick.token_id):
                 # Cannot happen with masked logits; if it does, the mask now allows only end tokens.
                 logger.error("request %s: grammar rejected token %d: %s", seq.request_id, pick.token_id, matcher.error)
+            thought = self._thoughts.get(seq.request_id)
+            if thought is not None:
+                thought.accept(pick.token_id)
         finished = self.scheduler.update(out, {s.request_id: p.token_id for s, p in zip(sampling, picked, strict=True)})
         finished_ids = {s.request_id for s in finished}
         if finished_ids:
@@ -147,6 +158,19 @@ class LLMEngine:
                 )
             )
         return outputs
+
+    def _end_spent_thoughts(self, logits: torch.Tensor, sampling: list[Sequence]) -> None:
+        """Rows whose thinking budget is spent may only take the think-end token next (logits [B, V], in place)."""
+        rows, ends = [], []
+        for row, seq in enumerate(sampling):
+            thought = self._thoughts.get(seq.request_id)
+            if thought is not None and thought.must_end:
+                rows.append(row)
+                ends.append(thought.budget.end_token_id)
+        if rows:
+            row_index = torch.tensor(rows, device=logits.device)
+            logits[row_index] = float("-inf")
+            logits[row_index, torch.tensor(ends, device=logits.device)] = 0.0
 
     @staticmethod
     def _batch(out: SchedulerOutput) -> list[BatchEntry]:
