@@ -15,6 +15,7 @@ from qwen3_api import __version__
 from qwen3_api.config import Settings
 from qwen3_api.errors import Qwen3APIError
 from qwen3_api.server import metrics, native
+from qwen3_api.server.anthropic import router as anthropic_router
 from qwen3_api.server.errors import install_error_handlers
 from qwen3_api.server.openai import router as openai_router
 from qwen3_api.server.state import ServerState
@@ -92,5 +93,6 @@ def create_app(
 
     app.include_router(native.router)
     app.include_router(openai_router.router)
+    app.include_router(anthropic_router.router)
     app.include_router(metrics.router)
     return app

@@ -1,7 +1,8 @@
 """Map the project's error hierarchy to HTTP responses, in one place.
 
 The original API answers bad input with 422 and FastAPI-style bodies; the OpenAI API (paths under /v1) answers
-with 400 and OpenAI's error body `{"error": {"message", "type", "param", "code"}}`.
+with 400 and OpenAI's error body `{"error": {"message", "type", "param", "code"}}`; the Anthropic Messages API
+(paths under /v1/messages) with Anthropic's `{"type": "error", "error": {"type", "message"}}`.
 """
 
 from __future__ import annotations
@@ -62,6 +63,45 @@ def openai_error_body(exc: Qwen3APIError) -> dict[str, Any]:
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
+def is_anthropic_path(request: Request) -> bool:
+    """Paths of the Anthropic Messages API, answered with Anthropic's error shape."""
+    return request.url.path.startswith("/v1/messages")
+
+
+def anthropic_status_of(exc: Qwen3APIError) -> int:
+    """As on the OpenAI routes, except overload: Anthropic answers that with 529 (overloaded_error)."""
+    return 529 if isinstance(exc, EngineOverloadedError) else status_of(exc, openai=True)
+
+
+def anthropic_error_body(exc: Qwen3APIError) -> dict[str, Any]:
+    """Anthropic's error body `{"type": "error", "error": {"type", "message"}}` for one of our errors."""
+    status = anthropic_status_of(exc)
+    kind = {400: "invalid_request_error", 404: "not_found_error", 529: "overloaded_error"}.get(status, "api_error")
+    message = openai_error_body(exc)["error"]["message"]
+    return {"type": "error", "error": {"type": kind, "message": message}}
+
+
+_UNION_BRANCHES = {"str", "int", "float", "bool", "list", "dict", "none"}
+
+
+def _is_union_branch(part: object) -> bool:
+    """A location part that names which member of a union pydantic tried (`str`, `list[...]`), not a field."""
+    return isinstance(part, str) and (part in _UNION_BRANCHES or "[" in part)
+
+
+def _anthropic_validation_body(errors: list[dict[str, Any]]) -> dict[str, Any]:
+    # The deepest error is the most specific one (for `str | list[block]` content: the block, not "not a str").
+    first = max(errors, key=lambda e: len(e.get("loc", ())), default=None) or {"loc": (), "msg": "invalid request"}
+    where = ".".join(str(p) for p in first.get("loc", ()) if p != "body" and not _is_union_branch(p))
+    if first.get("type") == "json_invalid":
+        message = "The request body is not valid JSON"
+    elif first.get("type") == "extra_forbidden":
+        message = f"{where}: Extra inputs are not permitted (not supported by this server)"
+    else:
+        message = f"{where}: {first.get('msg')}" if where else str(first.get("msg"))
+    return {"type": "error", "error": {"type": "invalid_request_error", "message": message}}
+
+
 def _native_body(exc: Qwen3APIError) -> dict[str, object]:
     if isinstance(exc, InvalidRequestError):
         loc = ["body", exc.param] if exc.param else ["body"]
@@ -81,6 +121,8 @@ async def _handle(request: Request, exc: Exception) -> JSONResponse:
     if status >= 500:
         logger.warning("%s %s -> %d: %s", request.method, request.url.path, status, exc)
     headers = {"Retry-After": "1"} if isinstance(exc, EngineOverloadedError) else None
+    if is_anthropic_path(request):
+        return JSONResponse(anthropic_error_body(exc), status_code=anthropic_status_of(exc), headers=headers)
     body = openai_error_body(exc) if openai else _native_body(exc)
     return JSONResponse(body, status_code=status, headers=headers)
 
@@ -108,6 +150,8 @@ def _openai_validation_body(errors: list[dict[str, Any]]) -> dict[str, Any]:
 
 async def _handle_validation(request: Request, exc: Exception) -> JSONResponse:
     errors = [dict(e) for e in exc.errors()] if isinstance(exc, RequestValidationError) else []
+    if is_anthropic_path(request):
+        return JSONResponse(_anthropic_validation_body(errors), status_code=400)
     if is_openai_path(request):
         return JSONResponse(_openai_validation_body(errors), status_code=400)
     return JSONResponse({"detail": [_clean_validation_error(e) for e in errors]}, status_code=422)

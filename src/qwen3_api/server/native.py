@@ -10,9 +10,11 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
 from qwen3_api import __version__
+from qwen3_api.chat.reasoning import prompt_opens_reasoning
 from qwen3_api.engine.async_engine import AsyncEngine
 from qwen3_api.engine.outputs import RequestOutput
 from qwen3_api.engine.sampling import SamplingParams
+from qwen3_api.engine.thinking import ThinkingBudget
 from qwen3_api.errors import EngineError, InvalidRequestError, ModelNotReadyError, Qwen3APIError
 from qwen3_api.server.disconnect import until_disconnected
 from qwen3_api.server.native_protocol import (
@@ -41,7 +43,7 @@ async def health(state: Annotated[ServerState, Depends(server_state)]) -> Health
     return HealthResponse(status="healthy")
 
 
-def to_sampling_params(request: GenerateRequest) -> SamplingParams:
+def to_sampling_params(request: GenerateRequest, thinking: ThinkingBudget | None = None) -> SamplingParams:
     """The one translation of a /generate request into engine sampling parameters."""
     return SamplingParams(
         max_tokens=request.max_length,
@@ -50,7 +52,18 @@ def to_sampling_params(request: GenerateRequest) -> SamplingParams:
         top_k=request.top_k,
         seed=request.seed,
         ignore_eos=request.ignore_eos,
+        thinking=thinking,
     )
+
+
+def _thinking_budget(engine: AsyncEngine, request: GenerateRequest, prompt_ids: list[int]) -> ThinkingBudget | None:
+    if request.thinking_budget is None:
+        return None
+    markers = engine.tokenizer.think_token_ids
+    if markers is None:
+        raise InvalidRequestError("this model's vocabulary has no <think> and </think> tokens", "thinking_budget")
+    text = engine.tokenizer.decode(prompt_ids, skip_special_tokens=False)
+    return ThinkingBudget(request.thinking_budget, *markers, starts_open=prompt_opens_reasoning(text))
 
 
 async def _stream_events(streams: list[AsyncIterator[RequestOutput]]) -> AsyncIterator[str]:
@@ -81,8 +94,9 @@ async def generate(
             f"num_return_sequences must be at most {cap} (the server's --max-num-return-sequences)",
             "num_return_sequences",
         )
-    prompt_ids = engine.tokenizer.prompt_token_ids(request.prompt, raw=request.raw)
-    params = to_sampling_params(request)
+    thinking = request.thinking_budget is not None  # a budget turns thinking on for a plain prompt
+    prompt_ids = engine.tokenizer.prompt_token_ids(request.prompt, raw=request.raw, enable_thinking=thinking)
+    params = to_sampling_params(request, _thinking_budget(engine, request, prompt_ids))
     if request.stream:
         streams = engine.generate_siblings(prompt_ids, params, request.num_return_sequences, "max_length")
         return StreamingResponse(_stream_events(streams), media_type="text/event-stream")

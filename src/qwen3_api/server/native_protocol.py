@@ -20,6 +20,9 @@ class GenerateRequest(BaseModel):
     stream: bool = Field(False, description="stream server-sent events of text deltas")
     seed: int | None = Field(None, description="makes sampling reproducible; sequence i uses seed + i")
     ignore_eos: bool = Field(False, description="keep generating past end tokens (benchmarks)")
+    thinking_budget: int | None = Field(
+        None, ge=0, description="Qwen3 thinking on, and the thought ended after this many tokens (README)"
+    )
 
     @field_validator("prompt")
     @classmethod
