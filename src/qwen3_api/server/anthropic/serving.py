@@ -62,6 +62,13 @@ def usage_of(prompt_tokens: int, output_tokens: int, cached_tokens: int) -> dict
     }
 
 
+def _message(
+    model: str, content: list[dict[str, Any]], stop_reason: str | None, stop_sequence: str | None, usage: dict[str, int]
+) -> dict[str, Any]:
+    return {"id": message_id(), "type": "message", "role": "assistant", "model": model, "content": content,
+            "stop_reason": stop_reason, "stop_sequence": stop_sequence, "usage": usage}  # fmt: skip
+
+
 def _tool_input(arguments: str) -> dict[str, Any]:
     value = json.loads(arguments)  # the parser returns only calls whose arguments are valid JSON
     return value if isinstance(value, dict) else {"value": value}
@@ -101,11 +108,8 @@ class MessagesServing:
         blocks += [{"type": "tool_use", "id": tool_use_id(c.id), "name": c.name, "input": _tool_input(c.arguments)}
                    for c in calls]  # fmt: skip
         stop_reason, stop_sequence = stop_reason_of(out.finish_reason, out.stop_reason, bool(calls))
-        return {
-            "id": message_id(), "type": "message", "role": "assistant", "model": request.model, "content": blocks,
-            "stop_reason": stop_reason, "stop_sequence": stop_sequence,
-            "usage": usage_of(len(prepared.prompt_token_ids), out.completion_tokens, out.cached_tokens),
-        }  # fmt: skip
+        usage = usage_of(len(prepared.prompt_token_ids), out.completion_tokens, out.cached_tokens)
+        return _message(request.model, blocks, stop_reason, stop_sequence, usage)
 
     # ---- streaming -----------------------------------------------------------------------------------------
     async def stream(self, request: MessagesRequest, prepared: PreparedChat) -> AsyncIterator[str]:
@@ -119,9 +123,7 @@ class MessagesServing:
             stream = self.chat.streams(prepared.prompt_token_ids, prepared.params, 1)[0]
             async for out in stream:
                 if not started:  # the first output knows how much of the prompt the cache served
-                    message = {"id": message_id(), "type": "message", "role": "assistant", "model": request.model,
-                               "content": [], "stop_reason": None, "stop_sequence": None,
-                               "usage": usage_of(prompt_tokens, 0, out.cached_tokens)}  # fmt: skip
+                    message = _message(request.model, [], None, None, usage_of(prompt_tokens, 0, out.cached_tokens))
                     yield event("message_start", {"message": message})
                     yield event("ping", {})
                     started = True
