@@ -19,6 +19,7 @@ from qwen3_api.engine.sampling import SamplingParams
 from qwen3_api.engine.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
 from qwen3_api.engine.sequence import Sequence
 from qwen3_api.engine.structured import GrammarCompiler, GrammarMatcher, StructuredOutput
+from qwen3_api.engine.thinking import ThoughtTracker
 from qwen3_api.engine.tokenizer import Tokenizer
 from qwen3_api.errors import InvalidRequestError, ModelLoadError
 from qwen3_api.executors.model_runner import BatchEntry, TorchModelRunner
@@ -48,6 +49,7 @@ class LLMEngine:
         self._make_compiler = grammar_compiler
         self._compiler: GrammarCompiler | None = None
         self._matchers: dict[str, GrammarMatcher] = {}  # requests with structured output
+        self._thoughts: dict[str, ThoughtTracker] = {}  # requests with a thinking budget
         self._arrivals = 0
         self.num_steps = 0
 
@@ -59,6 +61,8 @@ class LLMEngine:
         if params.structured is not None:
             compiler = self._grammar_compiler()
             self._matchers[request_id] = compiler.matcher(compiler.compile(params.structured))
+        if params.thinking is not None:
+            self._thoughts[request_id] = ThoughtTracker(params.thinking)
         self._arrivals += 1
         seq = Sequence(request_id, list(prompt_token_ids), params, self._arrivals, prefix_group)
         try:
@@ -96,6 +100,7 @@ class LLMEngine:
         self.runner.release(ids)
         for request_id in ids:
             self._matchers.pop(request_id, None)
+            self._thoughts.pop(request_id, None)
 
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.has_unfinished()
@@ -134,11 +139,18 @@ class LLMEngine:
         failed: dict[str, str] = {}
         if self._matchers:
             self._apply_masks(logits, sampling, failed)
+        if self._thoughts:
+            self._end_spent_thoughts(logits, sampling)
         picked = self._sample(logits, sampling, failed)
         ended: set[str] = set()  # grammar complete: only end tokens remain, so stop even with ignore_eos
         for seq in sampling:
+            if seq.request_id in failed:
+                continue
+            thought = self._thoughts.get(seq.request_id)
+            if thought is not None:
+                thought.accept(picked[seq.request_id].token_id)
             matcher = self._matchers.get(seq.request_id)
-            if matcher is None or seq.request_id in failed:
+            if matcher is None:
                 continue
             try:
                 if not matcher.accept(picked[seq.request_id].token_id):
@@ -219,6 +231,19 @@ class LLMEngine:
             except Exception as exc:
                 failed[row.request_id] = _describe("sampling failed", exc, row.request_id)
         return picked
+
+    def _end_spent_thoughts(self, logits: torch.Tensor, sampling: list[Sequence]) -> None:
+        """Rows whose thinking budget is spent may only take the think-end token next (logits [B, V], in place)."""
+        rows, ends = [], []
+        for row, seq in enumerate(sampling):
+            thought = self._thoughts.get(seq.request_id)
+            if thought is not None and thought.must_end:
+                rows.append(row)
+                ends.append(thought.budget.end_token_id)
+        if rows:
+            row_index = torch.tensor(rows, device=logits.device)
+            logits[row_index] = float("-inf")
+            logits[row_index, torch.tensor(ends, device=logits.device)] = 0.0
 
     @staticmethod
     def _batch(out: SchedulerOutput) -> list[BatchEntry]:

@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from qwen3_api.engine.thinking import ThinkingBudget
 from qwen3_api.errors import InvalidRequestError
 
 if TYPE_CHECKING:
@@ -46,6 +47,7 @@ class SamplingParams:
     logit_bias: tuple[tuple[int, float], ...] = field(default=())
     skip_special_tokens: bool = True
     structured: StructuredOutput | None = None  # a grammar the output must follow (JSON, forced tool calls)
+    thinking: ThinkingBudget | None = None  # end the Qwen3 thought after this many tokens (engine/thinking.py)
 
     def __post_init__(self) -> None:
         for name in ("temperature", "top_p", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty"):
@@ -77,6 +79,11 @@ class SamplingParams:
             )
         if any(not s for s in self.stop):
             raise InvalidRequestError("stop strings must not be empty", "stop")
+        if self.thinking is not None and self.structured is not None:
+            raise InvalidRequestError(
+                "a thinking budget cannot be combined with structured output: the grammar starts at the first token",
+                "thinking_budget",
+            )
         for _, bias in self.logit_bias:
             if not -100 <= bias <= 100:
                 raise InvalidRequestError(f"logit_bias values must be in [-100, 100], got {bias}", "logit_bias")

@@ -166,6 +166,16 @@ class Tokenizer:
         self._added_ids = set(self.hf.added_tokens_decoder)
         template = self.hf.chat_template if isinstance(self.hf.chat_template, str) else ""
         self.supports_thinking = "enable_thinking" in template
+        markers = ("<think>", "</think>")
+        ids = [self.hf.convert_tokens_to_ids(m) for m in markers]
+        pairs = zip(ids, markers, strict=True)
+        known = all(isinstance(i, int) and self.hf.convert_ids_to_tokens(i) == m for i, m in pairs)
+        self._think_ids = (ids[0], ids[1]) if known else None
+
+    @property
+    def think_token_ids(self) -> tuple[int, int] | None:
+        """The ids of `<think>` and `</think>` (Qwen3's thought markers), or None if the vocabulary lacks them."""
+        return self._think_ids
 
     @property
     def eos_token_ids(self) -> tuple[int, ...]:
@@ -217,9 +227,9 @@ class Tokenizer:
         except Exception as exc:  # template errors are caused by the messages given
             raise InvalidRequestError(f"cannot apply the chat template to these messages: {exc}", "messages") from exc
 
-    def prompt_token_ids(self, prompt: str, raw: bool = False) -> list[int]:
+    def prompt_token_ids(self, prompt: str, raw: bool = False, enable_thinking: bool = False) -> list[int]:
         """The original API's prompt rule: ChatML text (or raw=True) is used verbatim, anything else is one
-        user message rendered by the chat template with thinking off."""
+        user message rendered by the chat template with thinking off (on with `enable_thinking`)."""
         if raw or CHATML_MARKER in prompt:
             return self.encode(prompt)
-        return self.encode(self.render_chat([{"role": "user", "content": prompt}], enable_thinking=False))
+        return self.encode(self.render_chat([{"role": "user", "content": prompt}], enable_thinking=enable_thinking))

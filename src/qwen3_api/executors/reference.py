@@ -23,7 +23,7 @@ from qwen3_api.errors import InvalidRequestError
 
 logger = logging.getLogger(__name__)
 
-_UNSUPPORTED = ("presence_penalty", "frequency_penalty", "logprobs", "logit_bias", "structured")
+_UNSUPPORTED = ("presence_penalty", "frequency_penalty", "logprobs", "logit_bias", "structured", "thinking")
 
 
 def check_reference_params(params: SamplingParams) -> None:

@@ -54,7 +54,7 @@ class RequestContextMiddleware:
         except Exception:
             logger.exception("unhandled error serving %s %s", scope["method"], scope["path"])
             if not response_started:
-                await internal_error_response(scope["path"].startswith("/v1"))(scope, receive, send_with_id)
+                await internal_error_response(scope["path"])(scope, receive, send_with_id)
             else:
                 record.status = record.status or 500
         finally:

@@ -18,6 +18,7 @@ from qwen3_api.errors import Qwen3APIError
 from qwen3_api.server import metrics, native
 from qwen3_api.server.access_log import RequestContextMiddleware
 from qwen3_api.server.admission import Admission
+from qwen3_api.server.anthropic import router as anthropic_router
 from qwen3_api.server.auth import APIKeyMiddleware, load_api_keys
 from qwen3_api.server.body_limit import BodyLimitMiddleware
 from qwen3_api.server.errors import install_error_handlers
@@ -114,6 +115,7 @@ def create_app(
     _install_hardening(app, settings)
     app.include_router(native.router)
     app.include_router(openai_router.router)
+    app.include_router(anthropic_router.router)
     app.include_router(metrics.router)
     return app
 

@@ -70,4 +70,4 @@ class APIKeyMiddleware:
         ):
             await self.app(scope, receive, send)
             return
-        await error_response(AuthenticationError(INVALID_KEY), scope["path"].startswith("/v1"))(scope, receive, send)
+        await error_response(AuthenticationError(INVALID_KEY), scope["path"])(scope, receive, send)

@@ -26,15 +26,15 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        openai = scope["path"].startswith("/v1")
+        path = scope["path"]
         for name, value in scope["headers"]:
             if name == b"content-length":
                 if not value.isdigit():
                     bad = InvalidRequestError("the Content-Length header is not a number", "Content-Length")
-                    await error_response(bad, openai)(scope, receive, send)
+                    await error_response(bad, path)(scope, receive, send)
                     return
                 if int(value) > self.max_bytes:
-                    await error_response(self._too_large(), openai)(scope, receive, send)
+                    await error_response(self._too_large(), path)(scope, receive, send)
                     return
         received = 0
         exceeded = False
@@ -62,4 +62,4 @@ class BodyLimitMiddleware:
         except RequestTooLargeError:
             exceeded = True
         if exceeded and not response_started:
-            await error_response(self._too_large(), openai)(scope, receive, send)
+            await error_response(self._too_large(), path)(scope, receive, send)

@@ -1,7 +1,8 @@
 """Map the project's error hierarchy to HTTP responses, in one place.
 
 The original API answers bad input with 422 and FastAPI-style bodies; the OpenAI API (paths under /v1) answers
-with 400 and OpenAI's error body `{"error": {"message", "type", "param", "code"}}`.
+with 400 and OpenAI's error body `{"error": {"message", "type", "param", "code"}}`; the Anthropic Messages API
+(paths under /v1/messages) with Anthropic's `{"type": "error", "error": {"type", "message"}}`.
 """
 
 from __future__ import annotations
@@ -38,8 +39,17 @@ GENERATION_FAILED = "Generation failed: internal error (the server log has the d
 INTERNAL_ERROR = "Internal server error (the server log has the details under this request's id)"
 
 
+def _is_openai(path: str) -> bool:
+    return path.startswith("/v1")
+
+
+def _is_anthropic(path: str) -> bool:
+    """Paths of the Anthropic Messages API, answered with Anthropic's error shape."""
+    return path.startswith("/v1/messages")
+
+
 def is_openai_path(request: Request) -> bool:
-    return request.url.path.startswith("/v1")
+    return _is_openai(request.url.path)
 
 
 def status_of(exc: Qwen3APIError, openai: bool) -> int:
@@ -90,6 +100,44 @@ def openai_error_body(exc: Qwen3APIError) -> dict[str, Any]:
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
+def is_anthropic_path(request: Request) -> bool:
+    return _is_anthropic(request.url.path)
+
+
+def anthropic_status_of(exc: Qwen3APIError) -> int:
+    """As on the OpenAI routes, except overload: Anthropic answers that with 529 (overloaded_error)."""
+    return 529 if isinstance(exc, EngineOverloadedError) else status_of(exc, openai=True)
+
+
+def anthropic_error_body(exc: Qwen3APIError) -> dict[str, Any]:
+    """Anthropic's error body `{"type": "error", "error": {"type", "message"}}` for one of our errors."""
+    status = anthropic_status_of(exc)
+    kind = {400: "invalid_request_error", 404: "not_found_error", 529: "overloaded_error"}.get(status, "api_error")
+    message = openai_error_body(exc)["error"]["message"]
+    return {"type": "error", "error": {"type": kind, "message": message}}
+
+
+_UNION_BRANCHES = {"str", "int", "float", "bool", "list", "dict", "none"}
+
+
+def _is_union_branch(part: object) -> bool:
+    """A location part that names which member of a union pydantic tried (`str`, `list[...]`), not a field."""
+    return isinstance(part, str) and (part in _UNION_BRANCHES or "[" in part)
+
+
+def _anthropic_validation_body(errors: list[dict[str, Any]]) -> dict[str, Any]:
+    # The deepest error is the most specific one (for `str | list[block]` content: the block, not "not a str").
+    first = max(errors, key=lambda e: len(e.get("loc", ())), default=None) or {"loc": (), "msg": "invalid request"}
+    where = ".".join(str(p) for p in first.get("loc", ()) if p != "body" and not _is_union_branch(p))
+    if first.get("type") == "json_invalid":
+        message = "The request body is not valid JSON"
+    elif first.get("type") == "extra_forbidden":
+        message = f"{where}: Extra inputs are not permitted (not supported by this server)"
+    else:
+        message = f"{where}: {first.get('msg')}" if where else str(first.get("msg"))
+    return {"type": "error", "error": {"type": "invalid_request_error", "message": message}}
+
+
 def _native_body(exc: Qwen3APIError) -> dict[str, object]:
     if isinstance(exc, InvalidRequestError):
         loc = ["body", exc.param] if exc.param else ["body"]
@@ -104,15 +152,14 @@ def _native_body(exc: Qwen3APIError) -> dict[str, object]:
 async def _handle(request: Request, exc: Exception) -> JSONResponse:
     if not isinstance(exc, Qwen3APIError):  # registered only for Qwen3APIError; kept total for type checkers
         exc = EngineError(str(exc))
-    openai = is_openai_path(request)
-    status = status_of(exc, openai)
-    if status >= 500:
-        logger.warning("%s %s -> %d: %s", request.method, request.url.path, status, exc)
-    return error_response(exc, openai)
+    response = error_response(exc, request.url.path)
+    if response.status_code >= 500:
+        logger.warning("%s %s -> %d: %s", request.method, request.url.path, response.status_code, exc)
+    return response
 
 
-def error_response(exc: Qwen3APIError, openai: bool) -> JSONResponse:
-    """The JSON response for one of our errors, in the shape of the API it belongs to."""
+def error_response(exc: Qwen3APIError, path: str) -> JSONResponse:
+    """The JSON response for one of our errors, in the shape of the API that `path` belongs to."""
     headers: dict[str, str] = {}
     if isinstance(exc, EngineOverloadedError):
         headers["Retry-After"] = "1"
@@ -120,14 +167,19 @@ def error_response(exc: Qwen3APIError, openai: bool) -> JSONResponse:
         headers["WWW-Authenticate"] = "Bearer"
     if isinstance(exc, RequestTooLargeError):
         headers["Connection"] = "close"  # the rest of the body is never read
+    if _is_anthropic(path):
+        return JSONResponse(anthropic_error_body(exc), status_code=anthropic_status_of(exc), headers=headers or None)
+    openai = _is_openai(path)
     body = openai_error_body(exc) if openai else _native_body(exc)
     return JSONResponse(body, status_code=status_of(exc, openai), headers=headers or None)
 
 
-def internal_error_response(openai: bool) -> JSONResponse:
+def internal_error_response(path: str) -> JSONResponse:
     """A JSON 500 for an exception nobody expected: no exception text, no internals."""
-    if openai:
-        body: dict[str, Any] = {"error": {"message": INTERNAL_ERROR, "type": "server_error", "param": None,
+    if _is_anthropic(path):
+        body: dict[str, Any] = {"type": "error", "error": {"type": "api_error", "message": INTERNAL_ERROR}}
+    elif _is_openai(path):
+        body = {"error": {"message": INTERNAL_ERROR, "type": "server_error", "param": None,
                                           "code": None}}  # fmt: skip
     else:
         body = {"detail": INTERNAL_ERROR}
@@ -178,6 +230,8 @@ def _native_validation_error(error: dict[str, Any]) -> dict[str, Any]:
 
 async def _handle_validation(request: Request, exc: Exception) -> JSONResponse:
     errors = [dict(e) for e in exc.errors()] if isinstance(exc, RequestValidationError) else []
+    if is_anthropic_path(request):
+        return JSONResponse(_anthropic_validation_body(errors), status_code=400)
     if is_openai_path(request):
         return JSONResponse(_openai_validation_body(errors), status_code=400)
     return JSONResponse({"detail": [_native_validation_error(e) for e in errors]}, status_code=422)

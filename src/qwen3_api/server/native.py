@@ -11,9 +11,11 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
 from qwen3_api import __version__
+from qwen3_api.chat.reasoning import prompt_opens_reasoning
 from qwen3_api.engine.async_engine import AsyncEngine
 from qwen3_api.engine.outputs import RequestOutput
 from qwen3_api.engine.sampling import SamplingParams
+from qwen3_api.engine.thinking import ThinkingBudget
 from qwen3_api.errors import EngineDeadError, InvalidRequestError, ModelNotReadyError, ServerShuttingDownError
 from qwen3_api.server.admission import Admission, admission
 from qwen3_api.server.disconnect import until_disconnected
@@ -56,7 +58,7 @@ async def live(state: Annotated[ServerState, Depends(server_state)]) -> dict[str
     return {"status": "alive"}
 
 
-def to_sampling_params(request: GenerateRequest) -> SamplingParams:
+def to_sampling_params(request: GenerateRequest, thinking: ThinkingBudget | None = None) -> SamplingParams:
     """The one translation of a /generate request into engine sampling parameters."""
     return SamplingParams(
         max_tokens=request.max_length,
@@ -65,7 +67,21 @@ def to_sampling_params(request: GenerateRequest) -> SamplingParams:
         top_k=request.top_k,
         seed=request.seed,
         ignore_eos=request.ignore_eos,
+        thinking=thinking,
     )
+
+
+def _prompt_and_budget(engine: AsyncEngine, request: GenerateRequest) -> tuple[list[int], ThinkingBudget | None]:
+    """The prompt's token ids and the thinking budget (a budget turns thinking on for a plain prompt)."""
+    thinking = request.thinking_budget is not None
+    prompt_ids = engine.tokenizer.prompt_token_ids(request.prompt, raw=request.raw, enable_thinking=thinking)
+    if request.thinking_budget is None:
+        return prompt_ids, None
+    markers = engine.tokenizer.think_token_ids
+    if markers is None:
+        raise InvalidRequestError("this model's vocabulary has no <think> and </think> tokens", "thinking_budget")
+    text = engine.tokenizer.decode(prompt_ids, skip_special_tokens=False)
+    return prompt_ids, ThinkingBudget(request.thinking_budget, *markers, starts_open=prompt_opens_reasoning(text))
 
 
 async def _stream_events(streams: list[AsyncIterator[RequestOutput]]) -> AsyncIterator[str]:
@@ -97,8 +113,8 @@ async def generate(
             "num_return_sequences",
         )
     # Templating and tokenizing a long prompt take a while: off the event loop, so other streams go on.
-    prompt_ids = await asyncio.to_thread(engine.tokenizer.prompt_token_ids, request.prompt, raw=request.raw)
-    params = to_sampling_params(request)
+    prompt_ids, thinking = await asyncio.to_thread(_prompt_and_budget, engine, request)
+    params = to_sampling_params(request, thinking)
     n = request.num_return_sequences
     streams = engine.generate_siblings(prompt_ids, params, n, "max_length", request_id=current_request_id())
     admit.admit(n)  # 503 now, before any byte of a stream is sent

@@ -26,6 +26,9 @@ class GenerateRequest(BaseModel):
         None, ge=0, le=limits.MAX_SEED, description="makes sampling reproducible; sequence i uses seed + i"
     )
     ignore_eos: bool = Field(False, description="keep generating past end tokens (benchmarks)")
+    thinking_budget: int | None = Field(
+        None, ge=0, description="Qwen3 thinking on, and the thought ended after this many tokens (README)"
+    )
 
     @model_validator(mode="before")
     @classmethod

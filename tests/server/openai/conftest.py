@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import openai
@@ -58,3 +59,28 @@ def opened_think_model_dir(tiny_model_dir, tmp_path_factory):  # type: ignore[no
 def thinking_client(opened_think_model_dir, server_pool):  # type: ignore[no-untyped-def]
     server = server_pool.get(str(opened_think_model_dir), "--backend", "torch")
     return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+# ---- the real Qwen3 chat templates (tests/fixtures/chat_templates) ----------------------------------------------
+CHAT_TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "fixtures" / "chat_templates"
+REAL_TEMPLATES = ("qwen3-4b", "qwen3-4b-instruct-2507", "qwen3-4b-thinking-2507")
+
+
+def model_dir_with_template(tiny_model_dir: Path, target: Path, template: str) -> Path:
+    """The tiny model's files linked into `target`, with `template` as its chat template."""
+    for item in tiny_model_dir.iterdir():
+        if item.name != "chat_template.jinja":
+            (target / item.name).symlink_to(item)
+    (target / "chat_template.jinja").write_text(template)
+    return target
+
+
+@pytest.fixture(scope="session")
+def real_template_dirs(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The tiny model once with each real Qwen3 template, by template name."""
+    return {
+        name: model_dir_with_template(
+            tiny_model_dir, tmp_path_factory.mktemp(name), (CHAT_TEMPLATES_DIR / f"{name}.jinja").read_text()
+        )
+        for name in REAL_TEMPLATES
+    }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import openai
 import pytest
+import requests
 
 from qwen3_api.config import Settings
 from qwen3_api.engine.loader import load_engine
@@ -77,3 +78,50 @@ def test_max_tokens_default_is_what_the_context_leaves(serving: ChatServing) -> 
     request = ChatCompletionRequest(model=serving.engine.model_name, messages=HELLO)  # type: ignore[arg-type]
     prepared = serving.prepare(request)
     assert prepared.params.max_tokens == 1024 - len(prepared.prompt_token_ids)
+
+
+# ---- thinking budget (README "Thinking budget") ------------------------------------------------------------------
+@pytest.mark.parametrize("stream", [False, True])
+def test_thinking_budget_ends_a_thought_that_would_never_end(thinking_client: openai.OpenAI, stream: bool) -> None:
+    endless = ask(thinking_client, stream, logit_bias={THINK_CLOSE: -100})
+    assert endless[0] and not endless[1]  # without a budget the whole output is thought
+    reasoning, content = ask(thinking_client, stream, logit_bias={THINK_CLOSE: -100}, thinking_budget=3)
+    assert reasoning and content  # 3 tokens of thought, `</think>`, then 4 tokens of answer
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"thinking_budget": 4, "enable_thinking": False}, "thinking_budget"),
+        ({"reasoning_effort": "low", "enable_thinking": False}, "reasoning_effort"),
+        ({"thinking_budget": 4, "reasoning_effort": "low"}, "thinking_budget"),
+        ({"thinking_budget": -1}, "thinking_budget"),
+        ({"reasoning_effort": "extreme"}, "reasoning_effort"),
+        ({"thinking_budget": 4, "response_format": {"type": "json_object"}}, "thinking_budget"),
+    ],
+)
+def test_bad_thinking_budgets_are_400_naming_them(thinking_client: openai.OpenAI, extra: dict, param: str) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        ask(thinking_client, False, **extra)
+    assert param in (info.value.body.get("param") or "") or param in info.value.message  # type: ignore[union-attr]
+
+
+def test_reasoning_effort_is_a_documented_budget(serving: ChatServing) -> None:
+    assert prepared_params(serving).thinking is None
+    for effort, tokens in {"low": 1024, "medium": 4096, "high": 16384}.items():
+        thinking = prepared_params(serving, reasoning_effort=effort).thinking
+        assert thinking is not None and thinking.max_tokens == tokens
+        assert (thinking.start_token_id, thinking.end_token_id, thinking.starts_open) == (151667, 151668, False)
+    assert prepared_params(serving, thinking_budget=7).thinking.max_tokens == 7  # type: ignore[union-attr]
+
+
+def test_generate_thinking_budget(opened_think_model_dir, server_pool) -> None:  # type: ignore[no-untyped-def]
+    server = server_pool.get(str(opened_think_model_dir), "--backend", "torch")
+    body = {"prompt": "Say hello.", "max_length": 10, "temperature": 0, "ignore_eos": True}
+    # Greedy output of the tiny model never writes `</think>` by itself; a budget of 2 puts it third.
+    free = requests.post(f"{server.url}/generate", json=body, timeout=120).json()["generated_texts"][0]
+    budgeted = requests.post(f"{server.url}/generate", json={**body, "thinking_budget": 2}, timeout=120)
+    assert budgeted.status_code == 200, budgeted.text
+    assert "</think>" not in free and "</think>" in budgeted.json()["generated_texts"][0]
+    bad = requests.post(f"{server.url}/generate", json={**body, "thinking_budget": -2}, timeout=30)
+    assert bad.status_code == 422

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from qwen3_api.engine.sampling import SamplingParams
 from qwen3_api.engine.structured import StructuredOutput
+from qwen3_api.engine.thinking import ThinkingBudget
 from qwen3_api.errors import InvalidRequestError
 from qwen3_api.server.openai.protocol import SamplingFields
 
@@ -25,6 +26,20 @@ THINKING_DEFAULTS = SamplingDefaults(temperature=0.6, top_p=0.95, top_k=20, min_
 NON_THINKING_DEFAULTS = SamplingDefaults(temperature=0.7, top_p=0.8, top_k=20, min_p=0.0)
 
 
+# reasoning_effort as thinking budgets in tokens (README "Thinking budget"); the Responses API's reasoning.effort
+# and Anthropic's thinking.budget_tokens end up in the same engine parameter.
+REASONING_EFFORT_BUDGETS = {"low": 1024, "medium": 4096, "high": 16384}
+
+
+def thinking_budget_of(thinking_budget: int | None, reasoning_effort: str | None) -> int | None:
+    """The budget a request asks for: `thinking_budget` tokens, or the budget of a `reasoning_effort`."""
+    if thinking_budget is not None and reasoning_effort is not None:
+        raise InvalidRequestError("give thinking_budget or reasoning_effort, not both", "thinking_budget")
+    if reasoning_effort is not None:
+        return REASONING_EFFORT_BUDGETS[reasoning_effort]
+    return thinking_budget
+
+
 def _logit_bias(request: SamplingFields) -> tuple[tuple[int, float], ...]:
     return tuple(sorted((int(k), float(v)) for k, v in (request.logit_bias or {}).items()))
 
@@ -36,6 +51,7 @@ def to_sampling_params(
     defaults: SamplingDefaults,
     logprobs: int | None,
     structured: StructuredOutput | None = None,
+    thinking: ThinkingBudget | None = None,
 ) -> SamplingParams:
     """Engine parameters for any OpenAI request: given values win, `defaults` fill the rest."""
     try:
@@ -54,6 +70,7 @@ def to_sampling_params(
             logprobs=logprobs,
             logit_bias=_logit_bias(request),
             structured=structured,
+            thinking=thinking,
         )
     except InvalidRequestError:
         raise

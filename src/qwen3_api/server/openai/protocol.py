@@ -174,6 +174,9 @@ class ChatCompletionRequest(SamplingFields):
     parallel_tool_calls: bool = True
     chat_template_kwargs: dict[str, Any] | None = None
     enable_thinking: bool | None = None
+    # thinking budget (README "Thinking budget"): tokens, or an OpenAI reasoning_effort
+    thinking_budget: int | None = Field(None, ge=0)
+    reasoning_effort: Literal["low", "medium", "high"] | None = None
 
     _template_kwargs = field_validator("chat_template_kwargs")(limits.check_chat_template_kwargs)
 

@@ -14,11 +14,13 @@ from qwen3_api.chat.tools import ToolCallChunk, ToolCallParser
 from qwen3_api.engine.outputs import FinishReason, RequestOutput
 from qwen3_api.engine.sampling import SamplingParams
 from qwen3_api.engine.structured import StructuredOutput
+from qwen3_api.engine.thinking import ThinkingBudget
 from qwen3_api.errors import InvalidRequestError
 from qwen3_api.server.openai.params import (
     NON_THINKING_DEFAULTS,
     THINKING_DEFAULTS,
     SamplingDefaults,
+    thinking_budget_of,
     to_sampling_params,
 )
 from qwen3_api.server.openai.protocol import (
@@ -110,12 +112,15 @@ def log_invalid_tool_calls(response_id: str, count: int) -> None:
 
 
 def _template_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:
-    """Messages as the chat template expects them (developer = system; tool call arguments as objects)."""
+    """Messages as the chat template expects them (developer = system; text parts joined into one string, as
+    Qwen's templates render only string content; tool call arguments as objects)."""
     rendered = []
     for message in messages:
         entry = message.model_dump(exclude_none=True)
         if entry["role"] == "developer":
             entry["role"] = "system"
+        if isinstance(entry.get("content"), list):
+            entry["content"] = "".join(part["text"] for part in entry["content"])
         for call in entry.get("tool_calls", []):
             with contextlib.suppress(ValueError):  # the template writes a string argument verbatim
                 call["function"]["arguments"] = json.loads(call["function"]["arguments"])
@@ -133,8 +138,48 @@ class ChatServing(OpenAIServing):
         tool_choice = request.tool_choice or ("auto" if request.tools else "none")
         self._check_strict(request, tool_choice)
         structured = self._structured(request, tool_choice)
+        thinking, budget = self._thinking(request, structured)
+        tools = [t.model_dump(exclude_none=True) for t in request.tools or []] if tool_choice != "none" else None
+        # chat_template_kwargs holds only enable_thinking (protocol validation): nothing else reaches the template.
+        prompt = tokenizer.render_chat(_template_messages(request.messages), tools=tools, enable_thinking=thinking)
+        opens_reasoning = prompt_opens_reasoning(prompt)
+        if opens_reasoning and (structured is not None or thinking is False):
+            # A template that always opens the thought (Thinking-2507) gets it closed empty, as thinking off does
+            # elsewhere: the answer, or the grammar, starts at the first token.
+            prompt, opens_reasoning = prompt.rstrip("\n") + "\n\n</think>\n\n", False
+        prompt_ids = tokenizer.encode(prompt)
+        thinking_mode = tokenizer.supports_thinking and thinking is not False and not prompt.endswith(EMPTY_THINK_BLOCK)
+        defaults = self._defaults(thinking_mode)
+        max_tokens = request.max_completion_tokens or request.max_tokens or self.remaining_tokens(prompt_ids)
+        logprobs = (request.top_logprobs or 0) if request.logprobs else None
+        params = to_sampling_params(
+            request, max_tokens=max_tokens, defaults=defaults, logprobs=logprobs, structured=structured,
+            thinking=self._thinking_budget(budget, opens_reasoning, _budget_param(request)),
+        )  # fmt: skip
+        param = "max_completion_tokens" if request.max_completion_tokens else "max_tokens"
+        self.engine.check_request(prompt_ids, params, param)
+        return PreparedChat(
+            prompt_ids, params, request.n, opens_reasoning, tools is not None,
+            max_tool_calls=None if request.parallel_tool_calls else 1,
+        )  # fmt: skip
+
+    def _thinking(
+        self, request: ChatCompletionRequest, structured: StructuredOutput | None
+    ) -> tuple[bool | None, int | None]:
+        """(enable_thinking for the template, thinking budget in tokens) of a request, checked for conflicts."""
         thinking = request.thinking_requested
-        if structured is not None and tokenizer.supports_thinking:
+        budget = thinking_budget_of(request.thinking_budget, request.reasoning_effort)
+        if budget is not None and thinking is False:
+            raise InvalidRequestError(
+                "a thinking budget needs thinking on, but enable_thinking is false", _budget_param(request)
+            )
+        if structured is not None and budget is not None:
+            raise InvalidRequestError(
+                "a thinking budget cannot be combined with response_format json or forced tool calls: the grammar "
+                "starts at the first token",
+                _budget_param(request),
+            )
+        if structured is not None and self.engine.tokenizer.supports_thinking:
             if thinking:
                 raise InvalidRequestError(
                     "enable_thinking cannot be combined with response_format json or forced tool calls: the "
@@ -142,23 +187,16 @@ class ChatServing(OpenAIServing):
                     "enable_thinking",
                 )
             thinking = False
-        tools = [t.model_dump(exclude_none=True) for t in request.tools or []] if tool_choice != "none" else None
-        # chat_template_kwargs holds only enable_thinking (protocol validation): nothing else reaches the template.
-        prompt = tokenizer.render_chat(_template_messages(request.messages), tools=tools, enable_thinking=thinking)
-        prompt_ids = tokenizer.encode(prompt)
-        thinking_mode = tokenizer.supports_thinking and thinking is not False and not prompt.endswith(EMPTY_THINK_BLOCK)
-        defaults = self._defaults(thinking_mode)
-        max_tokens = request.max_completion_tokens or request.max_tokens or self.remaining_tokens(prompt_ids)
-        logprobs = (request.top_logprobs or 0) if request.logprobs else None
-        params = to_sampling_params(
-            request, max_tokens=max_tokens, defaults=defaults, logprobs=logprobs, structured=structured
-        )
-        param = "max_completion_tokens" if request.max_completion_tokens else "max_tokens"
-        self.engine.check_request(prompt_ids, params, param)
-        return PreparedChat(
-            prompt_ids, params, request.n, prompt_opens_reasoning(prompt), tools is not None,
-            max_tool_calls=None if request.parallel_tool_calls else 1,
-        )  # fmt: skip
+        return thinking, budget
+
+    def _thinking_budget(self, budget: int | None, starts_open: bool, param: str) -> ThinkingBudget | None:
+        """The engine's thinking budget for `budget` tokens (None: no budget)."""
+        if budget is None:
+            return None
+        markers = self.engine.tokenizer.think_token_ids
+        if markers is None:
+            raise InvalidRequestError("this model's vocabulary has no <think> and </think> tokens", param)
+        return ThinkingBudget(budget, markers[0], markers[1], starts_open=starts_open)
 
     @staticmethod
     def _check_strict(request: ChatCompletionRequest, tool_choice: object) -> None:
@@ -308,6 +346,10 @@ class ChatServing(OpenAIServing):
                 finish = "tool_calls"
             events.append(chunk(index, {}, finish))
         return events
+
+
+def _budget_param(request: ChatCompletionRequest) -> str:
+    return "reasoning_effort" if request.reasoning_effort is not None else "thinking_budget"
 
 
 def _call_delta(call: ToolCallChunk) -> dict[str, Any]:
