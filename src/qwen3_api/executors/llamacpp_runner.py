@@ -36,6 +36,7 @@ CTX_PAD = 256
 _GGML_LOG_LEVEL_ERROR = 4
 _GGML_TYPES = {"f32": 0, "f16": 1}  # enum ggml_type
 _LLAMA_FLASH_ATTN_TYPE_DISABLED = 0
+WEIGHT_REPACK_MODES = ("auto", "on", "off")
 
 
 def _forward_llama_log(level: int, text: bytes | None, _user_data: ctypes.c_void_p) -> None:
@@ -57,6 +58,28 @@ def _init_llama_backend() -> None:
     _log_callback = llama_cpp.llama_log_callback(_forward_llama_log)
     llama_cpp.llama_log_set(_log_callback, ctypes.c_void_p(0))
     llama_cpp.llama_backend_init()
+
+
+def build_has_amx() -> bool:
+    """True when llama.cpp was built with AMX int8 kernels and found AMX on this CPU."""
+    import llama_cpp
+
+    return b"AMX_INT8 = 1" in (llama_cpp.llama_print_system_info() or b"")
+
+
+def resolve_weight_repack(mode: str) -> bool:
+    """Whether to let llama.cpp repack weights into its CPU "extra buffer" layouts (`use_extra_bufts`).
+
+    "auto" repacks unless the build has AMX: its AMX buffer type takes Q4_0/Q8_0 matrices first, and its tile
+    kernels (batches of 2+ tokens) die with SIGILL on virtual machines that report AMX (measured here: a
+    Firecracker guest of a Xeon with amx_int8). The AVX2/AVX-512 repacked layouts come in the same list, after
+    AMX, so turning the list off on such a machine gives up those too.
+    """
+    if mode not in WEIGHT_REPACK_MODES:
+        raise ValueError(f"weight_repack must be one of {', '.join(WEIGHT_REPACK_MODES)}, got {mode!r}")
+    if mode == "auto":
+        return not build_has_amx()
+    return mode == "on"
 
 
 def default_num_threads() -> int:
@@ -84,6 +107,7 @@ class LlamaCppModelRunner:
         reuse_prefixes: bool = False,
         min_reuse_tokens: int = 16,
         min_copy_tokens: int = 64,
+        weight_repack: str = "auto",
     ) -> None:
         """`kv_cache_type` "f32" makes logits of an F32 GGUF match a float32 reference to ~1e-5 instead of ~1e-3
         relative, at twice the KV memory. `flash_attention` stays off by default: with it, llama.cpp's CPU logits of
@@ -108,9 +132,10 @@ class LlamaCppModelRunner:
         self._model = self._ctx = self._batch = None
         _init_llama_backend()
 
-        self._model = llama_cpp.llama_model_load_from_file(
-            str(self.gguf_path).encode(), llama_cpp.llama_model_default_params()
-        )
+        model_params = llama_cpp.llama_model_default_params()
+        self.weight_repack = resolve_weight_repack(weight_repack)
+        model_params.use_extra_bufts = self.weight_repack
+        self._model = llama_cpp.llama_model_load_from_file(str(self.gguf_path).encode(), model_params)
         if not self._model:
             raise ModelLoadError(f"llama.cpp could not load {self.gguf_path} (see the log for its error)")
         self.vocab_size: int = llama_cpp.llama_vocab_n_tokens(llama_cpp.llama_model_get_vocab(self._model))
