@@ -72,7 +72,10 @@ def runner(model_name: str) -> Iterator[LlamaCppModelRunner]:
 
 
 def make_engine(name: str, qtype: str = "Q8_0", *, kv_cache_type: str = "f16", **overrides: object) -> LLMEngine:
-    settings = Settings(model="unused", **{"max_num_seqs": 8, "max_num_batched_tokens": 512, **overrides})  # type: ignore[arg-type]
+    """The served engine (flash attention on), with per-sequence KV unless `llamacpp_kv_unified=True` is passed:
+    the exactness tests below hold bit for bit there."""
+    defaults = {"max_num_seqs": 8, "max_num_batched_tokens": 512, "llamacpp_kv_unified": False}
+    settings = Settings(model="unused", **{**defaults, **overrides})  # type: ignore[arg-type]
     return build_llamacpp_engine(
         settings, gguf_of(name, qtype), tokenizer_of(name), MAX_MODEL_LEN, kv_cache_type=kv_cache_type
     )
