@@ -175,7 +175,7 @@ def llamacpp_kv_plan(
     return LlamaCppKVPlan(cells, max_model_len, cells * bytes_per_token / 2**30, source)
 
 
-def _load_gguf_engine(settings: Settings, model_name: str, started: float) -> AsyncEngine:def _load_gguf_engine(settings: Settings, model_name: str, started: float) -> AsyncEngine:
+def _load_gguf_engine(settings: Settings, model_name: str, started: float) -> AsyncEngine:
     from qwen3_api.executors.llamacpp_runner import build_llamacpp_engine
     from qwen3_api.models.gguf import read_gguf_metadata, resolve_gguf
 
