@@ -52,6 +52,19 @@ def serve(
     ] = None,
     max_num_return_sequences: Annotated[Optional[int], typer.Option(help="cap of num_return_sequences")] = None,
     log_level: Annotated[Optional[str], typer.Option(help="debug|info|warning|error")] = None,
+    # llama.cpp backend: CPU performance and context
+    kv_cache_dtype: Annotated[Optional[str], typer.Option(help="llama.cpp KV cells: f16|q8_0")] = None,
+    llamacpp_kv_memory_share: Annotated[
+        Optional[float], typer.Option(help="share of available memory for llama.cpp KV [default 0.5]")
+    ] = None,
+    llamacpp_kv_unified: Annotated[
+        Optional[bool], typer.Option(help="one KV pool for all llama.cpp sequences [default on]")
+    ] = None,
+    llamacpp_flash_attention: Annotated[Optional[str], typer.Option(help="auto|on|off")] = None,
+    llamacpp_threads: Annotated[Optional[int], typer.Option(help="llama.cpp decode threads")] = None,
+    llamacpp_threads_batch: Annotated[Optional[int], typer.Option(help="llama.cpp prefill threads")] = None,
+    llamacpp_ubatch: Annotated[Optional[int], typer.Option(help="llama.cpp physical batch (tokens)")] = None,
+    llamacpp_weight_repack: Annotated[Optional[str], typer.Option(help="auto|on|off")] = None,
 ) -> None:
     """Start the HTTP server; it listens at once and loads the model in the background."""
     import uvicorn
@@ -64,6 +77,10 @@ def serve(
         max_num_batched_tokens=max_num_batched_tokens, kv_cache_memory=kv_cache_memory, max_model_len=max_model_len,
         enable_prefix_caching=enable_prefix_caching, max_num_return_sequences=max_num_return_sequences,
         log_level=log_level,
+        kv_cache_dtype=kv_cache_dtype, llamacpp_kv_memory_share=llamacpp_kv_memory_share,
+        llamacpp_kv_unified=llamacpp_kv_unified, llamacpp_flash_attention=llamacpp_flash_attention,
+        llamacpp_threads=llamacpp_threads, llamacpp_threads_batch=llamacpp_threads_batch,
+        llamacpp_ubatch=llamacpp_ubatch, llamacpp_weight_repack=llamacpp_weight_repack,
     )  # fmt: skip
     configure_logging(settings.log_level)
     server: uvicorn.Server | None = None
