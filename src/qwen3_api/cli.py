@@ -86,6 +86,19 @@ def serve(
     responses_store_size: Annotated[
         Optional[int], typer.Option(help="responses kept for previous_response_id (LRU) [default 1000]")
     ] = None,
+    # llama.cpp backend: CPU performance and context
+    kv_cache_dtype: Annotated[Optional[str], typer.Option(help="llama.cpp KV cells: f16|q8_0")] = None,
+    llamacpp_kv_memory_share: Annotated[
+        Optional[float], typer.Option(help="share of available memory for llama.cpp KV [default 0.5]")
+    ] = None,
+    llamacpp_kv_unified: Annotated[
+        Optional[bool], typer.Option(help="one KV pool for all llama.cpp sequences [default on]")
+    ] = None,
+    llamacpp_flash_attention: Annotated[Optional[str], typer.Option(help="auto|on|off")] = None,
+    llamacpp_threads: Annotated[Optional[int], typer.Option(help="llama.cpp decode threads")] = None,
+    llamacpp_threads_batch: Annotated[Optional[int], typer.Option(help="llama.cpp prefill threads")] = None,
+    llamacpp_ubatch: Annotated[Optional[int], typer.Option(help="llama.cpp physical batch (tokens)")] = None,
+    llamacpp_weight_repack: Annotated[Optional[str], typer.Option(help="auto|on|off")] = None,
 ) -> None:
     """Start the HTTP server; it listens at once and loads the model in the background."""
     import uvicorn
@@ -105,6 +118,10 @@ def serve(
         log_format=log_format, grammar_compile_timeout=grammar_compile_timeout,
         request_timeout=request_timeout, shutdown_timeout=shutdown_timeout,
         responses_store_size=responses_store_size,
+        kv_cache_dtype=kv_cache_dtype, llamacpp_kv_memory_share=llamacpp_kv_memory_share,
+        llamacpp_kv_unified=llamacpp_kv_unified, llamacpp_flash_attention=llamacpp_flash_attention,
+        llamacpp_threads=llamacpp_threads, llamacpp_threads_batch=llamacpp_threads_batch,
+        llamacpp_ubatch=llamacpp_ubatch, llamacpp_weight_repack=llamacpp_weight_repack,
     )  # fmt: skip
     configure_server_logging(settings.log_level, settings.log_format)
     server: uvicorn.Server | None = None

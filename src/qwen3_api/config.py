@@ -57,6 +57,33 @@ class Settings(BaseSettings):
         1000, ge=0, description="responses kept in memory for previous_response_id and GET (LRU; 0 keeps none)"
     )
 
+    # llama.cpp backend: CPU performance and context (issue 10, items 1 and 3)
+    kv_cache_dtype: Literal["f16", "q8_0"] = Field(
+        "f16", description="llama.cpp KV cell type; q8_0 halves KV memory (and turns flash attention on)"
+    )
+    llamacpp_kv_memory_share: float = Field(
+        0.5, gt=0, lt=1, description="share of available memory (less the weights) for llama.cpp KV when "
+        "--kv-cache-memory is unset",
+    )  # fmt: skip
+    llamacpp_kv_unified: bool = Field(
+        True, description="one KV pool for all llama.cpp sequences (a long request uses what idle ones do not); "
+        "off: each sequence owns an equal share",
+    )  # fmt: skip
+    llamacpp_flash_attention: Literal["auto", "on", "off"] = Field(
+        "auto", description="llama.cpp flash attention; auto: on with the shared KV pool, off with per-sequence KV "
+        "(where it would make a sequence's logits depend on its batch-mates)",
+    )  # fmt: skip
+    llamacpp_threads: int | None = Field(None, ge=1, description="llama.cpp decode threads; default all cores")
+    llamacpp_threads_batch: int | None = Field(
+        None, ge=1, description="llama.cpp prefill threads; default --llamacpp-threads"
+    )
+    llamacpp_ubatch: int | None = Field(
+        None, ge=1, description="llama.cpp physical batch in tokens; default the step budget"
+    )
+    llamacpp_weight_repack: Literal["auto", "on", "off"] = Field(
+        "auto", description="llama.cpp CPU weight repacking (extra buffer types); auto: off where the build has AMX"
+    )
+
     @field_validator("model")
     @classmethod
     def _model_not_empty(cls, value: str) -> str:

@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 
 from qwen3_api.config import Settings
-from qwen3_api.engine.loader import LLAMACPP_DEFAULT_MAX_NUM_SEQS, gguf_max_model_len, llamacpp_settings
+from qwen3_api.engine.loader import (
+    LLAMACPP_DEFAULT_MAX_NUM_SEQS,
+    gguf_max_model_len,
+    llamacpp_kv_plan,
+    llamacpp_settings,
+)
 from qwen3_api.errors import ModelLoadError
 
 # 28 layers x 8 KV heads x 128 dims x (K, V) x 2 bytes = 114,688 bytes per token (the 0.6b shape).
@@ -38,3 +43,36 @@ def test_each_sequence_gets_its_share_of_the_kv_budget() -> None:
 def test_a_budget_too_small_for_the_sequences_is_refused() -> None:
     with pytest.raises(ModelLoadError, match="too small for 1024 sequences"):
         gguf_max_model_len(Settings(model="m", max_num_seqs=1024, kv_cache_memory=0.1), METADATA)
+
+
+# -- the llama.cpp KV plan: budget from available memory, one shared pool or per-sequence shares ---------------
+
+GIB = 2**30
+
+
+def test_kv_budget_is_a_share_of_available_memory_less_the_weights() -> None:
+    settings = Settings(model="m", max_num_seqs=4, llamacpp_kv_memory_share=0.5)
+    plan = llamacpp_kv_plan(settings, METADATA, model_bytes=2 * GIB, available_bytes=22 * GIB)
+    total = int(0.5 * 20 * GIB // 114_688)  # 93,622 cells
+    # One shared pool: a single sequence may grow to the model's context, the pool holds what the budget allows.
+    assert plan.max_model_len == 40960 and plan.cells == min(total, 4 * 40960)
+    assert "50% of 22.0 GiB available less 2.0 GiB of weights" in plan.source
+
+
+def test_per_sequence_kv_splits_the_budget_evenly() -> None:
+    settings = Settings(model="m", max_num_seqs=4, kv_cache_memory=1.0, llamacpp_kv_unified=False)
+    plan = llamacpp_kv_plan(settings, METADATA, model_bytes=0)
+    assert plan.max_model_len == GIB // 114_688 // 4 and plan.cells == 4 * plan.max_model_len
+    # The same budget shared: one request may use all of it (the old per-sequence share was 2340 tokens).
+    shared = llamacpp_kv_plan(settings.model_copy(update={"llamacpp_kv_unified": True}), METADATA, model_bytes=0)
+    assert shared.max_model_len == GIB // 114_688 == shared.cells
+
+
+def test_q8_0_cells_hold_almost_twice_the_tokens() -> None:
+    settings = Settings(model="m", kv_cache_memory=1.0, kv_cache_dtype="q8_0", max_model_len=40960)
+    assert llamacpp_kv_plan(settings, METADATA, model_bytes=0).max_model_len == int(GIB // (114_688 * 34 / 64))
+
+
+def test_a_machine_without_memory_to_spare_is_refused() -> None:
+    with pytest.raises(ModelLoadError, match="too small"):
+        llamacpp_kv_plan(Settings(model="m"), METADATA, model_bytes=8 * GIB, available_bytes=7 * GIB)

@@ -72,7 +72,10 @@ def runner(model_name: str) -> Iterator[LlamaCppModelRunner]:
 
 
 def make_engine(name: str, qtype: str = "Q8_0", *, kv_cache_type: str = "f16", **overrides: object) -> LLMEngine:
-    settings = Settings(model="unused", **{"max_num_seqs": 8, "max_num_batched_tokens": 512, **overrides})  # type: ignore[arg-type]
+    """The served engine (flash attention on), with per-sequence KV unless `llamacpp_kv_unified=True` is passed:
+    the exactness tests below hold bit for bit there."""
+    defaults = {"max_num_seqs": 8, "max_num_batched_tokens": 512, "llamacpp_kv_unified": False}
+    settings = Settings(model="unused", **{**defaults, **overrides})  # type: ignore[arg-type]
     return build_llamacpp_engine(
         settings, gguf_of(name, qtype), tokenizer_of(name), MAX_MODEL_LEN, kv_cache_type=kv_cache_type
     )
@@ -387,3 +390,30 @@ def test_copy_and_takeover_of_one_retained_sequence_in_one_batch(model_name: str
     finally:
         cold.close()
         warm.close()
+
+
+# -- one shared KV pool (the served default): long requests use what idle sequences do not ---------------------
+
+POOL_CELLS = 2048  # per-sequence KV would give each of 4 sequences 512 cells
+
+
+def shared_pool_engine(name: str) -> LLMEngine:
+    settings = Settings(model="unused", max_num_seqs=4, max_num_batched_tokens=512, llamacpp_kv_unified=True)
+    return build_llamacpp_engine(settings, gguf_of(name, "Q8_0"), tokenizer_of(name), POOL_CELLS, kv_cells=POOL_CELLS)
+
+
+def test_shared_pool_serves_a_long_request_beside_another_and_evicts_retained_prefixes() -> None:
+    rng = random.Random(40)
+    long_prompts = [[rng.randrange(0, 151000) for _ in range(1500)] for _ in range(2)]
+    short = prompts(6, seed=41)[5]
+    engine = shared_pool_engine("tiny")
+    runner = engine.runner
+    assert isinstance(runner, LlamaCppModelRunner) and runner.n_ctx_seq == POOL_CELLS and runner.flash_attention
+    first = run(engine, {"long": (long_prompts[0], greedy(16)), "short": (short, greedy(16))})
+    assert [len(first["long"]), len(first["short"])] == [16, 16]
+    # "long" is retained for prefix reuse (1,516 cells); a second, different long prompt needs them back.
+    assert runner.num_retained_slots == 2
+    again = run(engine, {"long2": (long_prompts[1], greedy(8)), "short2": (short, greedy(8))})
+    assert len(again["long2"]) == 8 and again["short2"] == first["short"][:8]
+    # What holds in the shared pool: the same requests give the same tokens (a fresh engine, same batch).
+    assert run(shared_pool_engine("tiny"), {"long": (long_prompts[0], greedy(16)), "short": (short, greedy(16))}) == first

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,6 +113,69 @@ def gguf_max_model_len(settings: Settings, metadata: dict[str, object]) -> int:
     return min(wanted, per_sequence)
 
 
+def available_memory_bytes() -> int:
+    """Memory the system can give without swapping: MemAvailable from /proc/meminfo, else free physical pages."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+
+
+@dataclass(frozen=True)
+class LlamaCppKVPlan:
+    """How many KV cells llama.cpp gets and how long one sequence may grow, with the budget behind it."""
+
+    cells: int  # all sequences together
+    max_model_len: int
+    budget_gib: float
+    source: str  # where the budget came from, for the log
+
+
+def llamacpp_kv_plan(
+    settings: Settings, metadata: dict[str, object], model_bytes: int, available_bytes: int | None = None
+) -> LlamaCppKVPlan:
+    """The llama.cpp KV budget: `--kv-cache-memory` GiB, else `llamacpp_kv_memory_share` of the memory available
+    after the (memory-mapped) weights. With one shared pool (`llamacpp_kv_unified`) a single sequence may use all
+    of it; per-sequence pools split it evenly."""
+    arch = str(metadata.get("general.architecture", "qwen3"))
+    context = int(metadata.get(f"{arch}.context_length", 32768))  # type: ignore[call-overload]
+    layers = int(metadata.get(f"{arch}.block_count", 1))  # type: ignore[call-overload]
+    kv_heads = int(metadata.get(f"{arch}.attention.head_count_kv", 1))  # type: ignore[call-overload]
+    head_dim = int(metadata.get(f"{arch}.attention.key_length", 128))  # type: ignore[call-overload]
+    element_bytes = {"f16": 2.0, "q8_0": 34 / 32}[settings.kv_cache_dtype]
+    bytes_per_token = 2 * layers * kv_heads * head_dim * element_bytes  # K and V
+    if settings.kv_cache_memory is not None:
+        budget, source = settings.kv_cache_memory * 2**30, "--kv-cache-memory"
+    else:
+        available = available_memory_bytes() if available_bytes is None else available_bytes
+        budget = settings.llamacpp_kv_memory_share * max(available - model_bytes, 0)
+        source = (
+            f"{settings.llamacpp_kv_memory_share:.0%} of {available / 2**30:.1f} GiB available less "
+            f"{model_bytes / 2**30:.1f} GiB of weights"
+        )
+    total = int(budget // bytes_per_token)
+    wanted = min(settings.max_model_len or context, context)
+    per_sequence = total if settings.llamacpp_kv_unified else total // settings.max_num_seqs
+    if per_sequence < 64:
+        raise ModelLoadError(
+            f"a KV budget of {budget / 2**30:.2f} GiB ({source}) is too small for {settings.max_num_seqs} sequences"
+        )
+    if per_sequence < wanted:
+        logger.warning(
+            "KV budget %.2f GiB holds %d tokens %s: max_model_len lowered from %d",
+            budget / 2**30, per_sequence, "in all" if settings.llamacpp_kv_unified else "per sequence", wanted,
+        )  # fmt: skip
+    max_model_len = min(wanted, per_sequence)
+    # More cells than every sequence at full length could use are never needed.
+    cells = min(total, settings.max_num_seqs * max_model_len)
+    if not settings.llamacpp_kv_unified:
+        cells = settings.max_num_seqs * max_model_len
+    return LlamaCppKVPlan(cells, max_model_len, cells * bytes_per_token / 2**30, source)
+
+
 def _load_gguf_engine(settings: Settings, model_name: str, started: float, faults: Faults | None) -> AsyncEngine:
     from qwen3_api.executors.llamacpp_runner import build_llamacpp_engine
     from qwen3_api.models.gguf import read_gguf_metadata, resolve_gguf
@@ -122,7 +186,14 @@ def _load_gguf_engine(settings: Settings, model_name: str, started: float, fault
     logger.info("runtime: %s (%s)", runtime, runtime.reason)
     metadata = read_gguf_metadata(path)
     tokenizer = Tokenizer.from_gguf_metadata(metadata)
-    core = build_llamacpp_engine(settings, path, tokenizer, gguf_max_model_len(settings, metadata))
+    plan = llamacpp_kv_plan(settings, metadata, path.stat().st_size)
+    logger.info(
+        "llama.cpp KV: %d %s cells (%.2f GiB; budget from %s), %s, max_model_len %d",
+        plan.cells, settings.kv_cache_dtype, plan.budget_gib, plan.source,
+        "one pool shared by all sequences" if settings.llamacpp_kv_unified else "split evenly per sequence",
+        plan.max_model_len,
+    )  # fmt: skip
+    core = build_llamacpp_engine(settings, path, tokenizer, plan.max_model_len, kv_cells=plan.cells)
     core.prepare_grammar()
     return _serving(core, tokenizer, model_name, settings, started, faults)
 

@@ -1,11 +1,18 @@
 """A model runner on llama.cpp's low-level API: our scheduler and sampler drive a GGUF model, many sequences per
 `llama_decode`.
 
-Each request gets a llama.cpp sequence id (a "slot") on first sight. The context is created with
-`kv_unified=False`, so every slot owns its own `n_ctx / n_seq_max` KV cells: a sequence's logits do not depend on
-what else is in the batch (bit-identical to running alone), and the scheduler's block accounting only has to
-guarantee `max_num_seqs * max_model_len` tokens. The block tables the scheduler hands out are ignored here:
-llama.cpp places K/V itself, by (sequence id, position).
+Each request gets a llama.cpp sequence id (a "slot") on first sight. Two KV layouts:
+
+- per-sequence (`kv_unified=False`, flash attention off): every slot owns `n_ctx / n_seq_max` cells, and a
+  sequence's logits do not depend on what else is in the batch (bit-identical to running alone); the scheduler's
+  block accounting only has to guarantee `max_num_seqs * max_model_len` tokens;
+- one shared pool (`kv_unified=True`, what the server uses by default, with flash attention): any sequence may
+  grow into the cells idle ones do not use, and the scheduler's blocks are the pool's cells. A sequence's logits
+  then depend on where its cells sit among the others' (measured: max |diff| 0.08-0.16 against running alone on
+  the 4-layer test model, argmax unchanged), so outputs are deterministic but not batch-invariant.
+
+The block tables the scheduler hands out are ignored here: llama.cpp places K/V itself, by (sequence id,
+position).
 """
 
 from __future__ import annotations
@@ -34,8 +41,12 @@ logger = logging.getLogger(__name__)
 # llama.cpp pads the context to a multiple of this many cells.
 CTX_PAD = 256
 _GGML_LOG_LEVEL_ERROR = 4
-_GGML_TYPES = {"f32": 0, "f16": 1}  # enum ggml_type
+_GGML_TYPES = {"f32": 0, "f16": 1, "q8_0": 8}  # enum ggml_type
+# Bytes of one K or V element per KV cell type (q8_0: 34-byte blocks of 32).
+KV_BYTES_PER_ELEMENT = {"f32": 4.0, "f16": 2.0, "q8_0": 34 / 32}
 _LLAMA_FLASH_ATTN_TYPE_DISABLED = 0
+_LLAMA_FLASH_ATTN_TYPE_ENABLED = 1
+WEIGHT_REPACK_MODES = ("auto", "on", "off")
 
 
 def _forward_llama_log(level: int, text: bytes | None, _user_data: ctypes.c_void_p) -> None:
@@ -59,6 +70,28 @@ def _init_llama_backend() -> None:
     llama_cpp.llama_backend_init()
 
 
+def build_has_amx() -> bool:
+    """True when llama.cpp was built with AMX int8 kernels and found AMX on this CPU."""
+    import llama_cpp
+
+    return b"AMX_INT8 = 1" in (llama_cpp.llama_print_system_info() or b"")
+
+
+def resolve_weight_repack(mode: str) -> bool:
+    """Whether to let llama.cpp repack weights into its CPU "extra buffer" layouts (`use_extra_bufts`).
+
+    "auto" repacks unless the build has AMX: its AMX buffer type takes Q4_0/Q8_0 matrices first, and its tile
+    kernels (batches of 2+ tokens) die with SIGILL on virtual machines that report AMX (measured here: a
+    Firecracker guest of a Xeon with amx_int8). The AVX2/AVX-512 repacked layouts come in the same list, after
+    AMX, so turning the list off on such a machine gives up those too.
+    """
+    if mode not in WEIGHT_REPACK_MODES:
+        raise ValueError(f"weight_repack must be one of {', '.join(WEIGHT_REPACK_MODES)}, got {mode!r}")
+    if mode == "auto":
+        return not build_has_amx()
+    return mode == "on"
+
+
 def default_num_threads() -> int:
     """The CPU cores this process may run on."""
     try:
@@ -78,19 +111,31 @@ class LlamaCppModelRunner:
         max_num_seqs: int,
         max_model_len: int,
         n_threads: int | None = None,
+        n_threads_batch: int | None = None,
         n_batch: int = 512,
+        n_ubatch: int | None = None,
         kv_cache_type: str = "f16",
         flash_attention: bool = False,
         reuse_prefixes: bool = False,
         min_reuse_tokens: int = 16,
         min_copy_tokens: int = 64,
+        weight_repack: str = "auto",
+        kv_unified: bool = False,
+        kv_cells: int | None = None,
     ) -> None:
         """`kv_cache_type` "f32" makes logits of an F32 GGUF match a float32 reference to ~1e-5 instead of ~1e-3
         relative, at twice the KV memory. `flash_attention` stays off by default: with it, llama.cpp's CPU logits of
         a sequence change with what else is in the batch (measured: up to 0.35 on sequences of 64+ tokens), which
         would break batch invariance (a seeded request must give the same tokens alone and in a busy batch).
         `reuse_prefixes` keeps finished requests' cells for later prompts that start the same way (see
-        `SlotPool`, which also explains the two thresholds)."""
+        `SlotPool`, which also explains the two thresholds).
+
+        `kv_unified` puts all sequences' cells in one pool of `kv_cells` (default max_num_seqs * max_model_len), so
+        one long request can use what idle sequences do not; the caller must then keep the live tokens within
+        the pool (the engine's block accounting does), and retained prefixes are dropped when cells run short.
+        "q8_0" cells need flash attention (llama.cpp refuses quantized V cells without), so it is turned on.
+        `n_threads_batch` (prefill; default `n_threads`) and `n_ubatch` (physical batch; default `n_batch`) are
+        llama.cpp's own knobs."""
         import llama_cpp
 
         if kv_cache_type not in _GGML_TYPES:
@@ -105,34 +150,43 @@ class LlamaCppModelRunner:
         self.max_num_seqs = max_num_seqs
         self.n_batch = n_batch
         self.n_threads = n_threads or default_num_threads()
+        self.n_threads_batch = n_threads_batch or self.n_threads
+        self.kv_unified = kv_unified
+        self.flash_attention = flash_attention or kv_cache_type == "q8_0"
         self._model = self._ctx = self._batch = None
         _init_llama_backend()
 
-        self._model = llama_cpp.llama_model_load_from_file(
-            str(self.gguf_path).encode(), llama_cpp.llama_model_default_params()
-        )
+        model_params = llama_cpp.llama_model_default_params()
+        self.weight_repack = resolve_weight_repack(weight_repack)
+        model_params.use_extra_bufts = self.weight_repack
+        self._model = llama_cpp.llama_model_load_from_file(str(self.gguf_path).encode(), model_params)
         if not self._model:
             raise ModelLoadError(f"llama.cpp could not load {self.gguf_path} (see the log for its error)")
         self.vocab_size: int = llama_cpp.llama_vocab_n_tokens(llama_cpp.llama_model_get_vocab(self._model))
         self.n_ctx_train: int = llama_cpp.llama_model_n_ctx_train(self._model)
 
         params = llama_cpp.llama_context_default_params()
-        # kv_unified=False gives each sequence n_ctx / n_seq_max cells of its own.
+        # kv_unified=False gives each sequence n_ctx / n_seq_max cells of its own; True one pool for all.
         params.n_seq_max = max_num_seqs
-        params.kv_unified = False
-        params.n_ctx = max_num_seqs * (math.ceil(max_model_len / CTX_PAD) * CTX_PAD)
+        params.kv_unified = kv_unified
+        if kv_unified:
+            cells = kv_cells if kv_cells is not None else max_num_seqs * max_model_len
+            params.n_ctx = math.ceil(max(cells, max_model_len) / CTX_PAD) * CTX_PAD
+        else:
+            params.n_ctx = max_num_seqs * (math.ceil(max_model_len / CTX_PAD) * CTX_PAD)
         params.n_batch = n_batch
         # The compute buffer scales with the physical batch; the scheduler's step budget is the natural size.
-        params.n_ubatch = n_batch
+        params.n_ubatch = min(n_ubatch or n_batch, n_batch)
         # Without this cap, llama.cpp reserves logits for every batch position (n_batch x vocab floats, ~300 MB at
         # 512 x 151,936). A step asks for at most one row per running sequence.
         params.n_outputs_max = min(max_num_seqs, n_batch)
         params.n_threads = self.n_threads
-        params.n_threads_batch = self.n_threads
+        params.n_threads_batch = self.n_threads_batch
         params.no_perf = True
         params.type_k = params.type_v = _GGML_TYPES[kv_cache_type]
-        if not flash_attention:
-            params.flash_attn_type = _LLAMA_FLASH_ATTN_TYPE_DISABLED
+        params.flash_attn_type = (
+            _LLAMA_FLASH_ATTN_TYPE_ENABLED if self.flash_attention else _LLAMA_FLASH_ATTN_TYPE_DISABLED
+        )
         self._ctx = llama_cpp.llama_init_from_model(self._model, params)
         if not self._ctx:
             self.close()
@@ -141,6 +195,7 @@ class LlamaCppModelRunner:
                 f"(see the log for its error); lower --max-num-seqs or --max-model-len"
             )
         self.n_ctx_seq: int = llama_cpp.llama_n_ctx_seq(self._ctx)
+        self.n_ctx: int = llama_cpp.llama_n_ctx(self._ctx)
         if self.n_ctx_seq < max_model_len:
             self.close()
             raise ModelLoadError(f"llama.cpp gave {self.n_ctx_seq} cells per sequence, fewer than {max_model_len}")
@@ -151,8 +206,11 @@ class LlamaCppModelRunner:
             min_copy_tokens=min_copy_tokens,
         )  # fmt: skip
         logger.info(
-            "llama.cpp: %s, vocab %d, %d sequences x %d cells, batch %d, %d threads",
-            self.gguf_path.name, self.vocab_size, max_num_seqs, self.n_ctx_seq, n_batch, self.n_threads,
+            "llama.cpp: %s, vocab %d, %d sequences, %s KV of %d %s cells, batch %d/%d, %d/%d threads, flash "
+            "attention %s, weight repacking %s",
+            self.gguf_path.name, self.vocab_size, max_num_seqs, "one shared" if kv_unified else "per-sequence",
+            self.n_ctx if kv_unified else self.n_ctx_seq, kv_cache_type, n_batch, params.n_ubatch, self.n_threads,
+            self.n_threads_batch, "on" if self.flash_attention else "off", "on" if self.weight_repack else "off",
         )  # fmt: skip
 
     # -- per-request state ---------------------------------------------------------------------------------
@@ -203,6 +261,11 @@ class LlamaCppModelRunner:
             raise EngineError(f"{len(new_ids)} new requests but only {free} free llama.cpp sequences")
         for op in self._pool.assign(new_ids):  # also drops promises of requests the scheduler did not admit
             self._run_op(op)
+        if self.kv_unified:
+            # Live tokens fit by the engine's accounting; cells of retained prefixes do not count there.
+            wanted = sum(len(e.token_ids) for e in batch)
+            for op in self._pool.evict_retained(self.n_ctx - wanted):
+                self._run_op(op)
         seq_ids = []
         for entry in batch:
             slot = self._pool.slot_of(entry.request_id)
@@ -269,14 +332,18 @@ class LlamaCppModelRunner:
             # Cells a failed decode may have written are not tracked by num_cached; the next entry of such a
             # request starts where we think it does, and llama.cpp rejects it if that is not consistent.
             raise EngineError(f"llama_decode failed with code {code} on a batch of {len(tokens)} tokens")
-        out = logits.numpy()
-        for i in output_indices:
-            pointer = lib.llama_get_logits_ith(self._ctx, i)
-            if not pointer:
-                raise EngineError(f"llama.cpp returned no logits for batch position {i}")
-            out[row] = np.ctypeslib.as_array(pointer, shape=(self.vocab_size,))
-            row += 1
-        return row
+        if output_indices:
+            self._copy_logits(logits, row, len(output_indices))
+        return row + len(output_indices)
+
+    def _copy_logits(self, logits: torch.Tensor, row: int, count: int) -> None:
+        """Copy the last decode's `count` output rows into `logits[row : row + count]` in one go: llama.cpp keeps
+        the rows of the positions that asked for logits contiguous, in batch order."""
+        pointer = self._lib.llama_get_logits(self._ctx)
+        if not pointer:
+            raise EngineError("llama.cpp returned no logits")
+        source = np.ctypeslib.as_array(pointer, shape=(count, self.vocab_size))
+        logits[row : row + count] = torch.from_numpy(source)
 
     def _check_batch(self, batch: list[BatchEntry]) -> None:
         """Reject malformed entries before anything reaches llama.cpp, which would abort the process on some."""
@@ -316,6 +383,15 @@ class LlamaCppModelRunner:
             self.close()
 
 
+def flash_attention_for(settings: Settings) -> bool:
+    """`--llamacpp-flash-attention`, with auto resolved: on with the shared KV pool (whose logits depend on the
+    cells' placement anyway), off with per-sequence KV, where it is the one thing that would make a sequence's
+    logits depend on its batch-mates (measured: a 64-token prompt's greedy tokens changed beside 7 others)."""
+    if settings.llamacpp_flash_attention == "auto":
+        return settings.llamacpp_kv_unified
+    return settings.llamacpp_flash_attention == "on"
+
+
 def build_llamacpp_engine(
     settings: Settings,
     gguf_path: Path,
@@ -323,24 +399,40 @@ def build_llamacpp_engine(
     max_model_len: int,
     *,
     n_threads: int | None = None,
-    kv_cache_type: str = "f16",
+    kv_cache_type: str | None = None,
+    kv_cells: int | None = None,
 ) -> LLMEngine:
-    """Our engine (scheduler, sampler, structured output) on a llama.cpp runner for a GGUF file."""
+    """Our engine (scheduler, sampler, structured output) on a llama.cpp runner for a GGUF file.
+
+    `kv_cells` sizes the shared pool when `settings.llamacpp_kv_unified` (default: every sequence at full length).
+    """
     # torch only samples here. Its OpenMP threads and llama.cpp's (a second OpenMP runtime) spin-wait for work;
     # on few cores they starve each other: measured 3 vs 271 tok/s on the tiny model, 2 cores, in the server.
     torch.set_num_threads(1)
     max_num_seqs = settings.max_num_seqs
     step_tokens = max(settings.max_num_batched_tokens, max_num_seqs)
+    unified = settings.llamacpp_kv_unified
     runner = LlamaCppModelRunner(
-        gguf_path, max_num_seqs=max_num_seqs, max_model_len=max_model_len, n_threads=n_threads, n_batch=step_tokens,
-        kv_cache_type=kv_cache_type, reuse_prefixes=settings.enable_prefix_caching,
-        min_reuse_tokens=settings.block_size, min_copy_tokens=max(64, settings.block_size),
+        gguf_path, max_num_seqs=max_num_seqs, max_model_len=max_model_len,
+        n_threads=n_threads or settings.llamacpp_threads, n_threads_batch=settings.llamacpp_threads_batch,
+        n_batch=step_tokens, n_ubatch=settings.llamacpp_ubatch,
+        kv_cache_type=kv_cache_type or settings.kv_cache_dtype, flash_attention=flash_attention_for(settings),
+        reuse_prefixes=settings.enable_prefix_caching, min_reuse_tokens=settings.block_size,
+        min_copy_tokens=max(64, settings.block_size), weight_repack=settings.llamacpp_weight_repack,
+        kv_unified=unified, kv_cells=kv_cells,
     )  # fmt: skip
     if max_model_len > runner.n_ctx_train:
         logger.warning("max_model_len %d is past the model's training context %d", max_model_len, runner.n_ctx_train)
-    # Every running sequence owns max_model_len cells in llama.cpp, so blocks must never be the binding limit:
-    # the scheduler then never preempts.
-    num_blocks = max_num_seqs * math.ceil(max_model_len / settings.block_size)
+    block_size = settings.block_size
+    if unified:
+        # One pool: the scheduler's blocks are its cells (rounded down), so it admits and preempts by what really
+        # fits; a block holds at least as many tokens as the cells it stands for, so llama.cpp never runs short.
+        num_blocks = runner.n_ctx // block_size
+        max_model_len = min(max_model_len, num_blocks * block_size)
+    else:
+        # Every running sequence owns max_model_len cells in llama.cpp, so blocks must never be the binding limit:
+        # the scheduler then never preempts.
+        num_blocks = max_num_seqs * math.ceil(max_model_len / block_size)
 
     def prefix_source(seq: Sequence) -> int:
         return runner.lookup_prefix(seq.request_id, seq.all_token_ids)

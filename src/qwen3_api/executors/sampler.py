@@ -2,6 +2,8 @@
 
 This runs every decode step over every running row (vocab 151936), so each stage touches only the rows that
 use it, nothing loops over the vocabulary in Python, and the vocabulary is fully sorted only as a last resort.
+Truncated rows pick their candidates (top_k, or the first nucleus candidates) from the raw logits and divide only
+those by the temperature: a top-k row never makes a second pass over its 151,936 columns.
 
 Order of the stages for each row (`logits` is the model's output for the next token):
   1. logit_bias is added;
@@ -227,23 +229,22 @@ def _apply_penalties(logits: torch.Tensor, rows: Sequence[SamplingRow]) -> None:
 def _sample_random(logits: torch.Tensor, params: list[SamplingParams], uniform: torch.Tensor) -> torch.Tensor:
     """Sample one token per row of `logits` (n, V) with temperature > 0, using `uniform` (n,) in [0, 1)."""
     device = logits.device
-    temperature = torch.tensor([p.temperature for p in params], device=device).unsqueeze(1)
-    scaled = logits / temperature
+    temperature = torch.tensor([p.temperature for p in params], device=device).unsqueeze(1)  # (n, 1)
     token_ids = torch.empty(len(params), dtype=torch.long, device=device)
 
     truncated = [j for j, p in enumerate(params) if p.top_k > 0 or p.top_p < 1.0]
     if truncated:
         sub_params = [params[j] for j in truncated]
-        sub_scaled = _take(scaled, truncated)
+        sub_logits = _take(logits, truncated)
+        sub_temperature = temperature[truncated]
         sub_uniform = uniform[truncated]
         tokens = torch.empty(len(truncated), dtype=torch.long, device=device)
-        pending = list(
-            range(len(truncated))
-        )  # rows whose nucleus is not settled yet, as indices into `truncated`
+        pending = list(range(len(truncated)))  # rows whose nucleus is not settled yet, as indices into `truncated`
         for candidates in (*NUCLEUS_CANDIDATES, None):  # None: sort the whole vocabulary
             chosen, covered = _sample_top(
-                _take(sub_scaled, pending), [sub_params[j] for j in pending], sub_uniform[pending], candidates
-            )
+                _take(sub_logits, pending), sub_temperature[pending], [sub_params[j] for j in pending],
+                sub_uniform[pending], candidates,
+            )  # fmt: skip
             done = [j for j, ok in zip(pending, covered.tolist(), strict=True) if ok]
             tokens[done] = chosen[covered]
             pending = [j for j, ok in zip(pending, covered.tolist(), strict=True) if not ok]
@@ -253,7 +254,7 @@ def _sample_random(logits: torch.Tensor, params: list[SamplingParams], uniform: 
 
     untruncated = [j for j, p in enumerate(params) if p.top_k == 0 and p.top_p >= 1.0]
     if untruncated:
-        probs = torch.softmax(_take(scaled, untruncated), dim=-1)  # (m, V)
+        probs = torch.softmax(_take(logits, untruncated) / temperature[untruncated], dim=-1)  # (m, V)
         min_p = torch.tensor([params[j].min_p for j in untruncated], device=device).unsqueeze(1)
         if bool((min_p > 0).any()):
             probs = probs.masked_fill(probs < probs.amax(dim=-1, keepdim=True) * min_p, 0.0)
@@ -262,29 +263,41 @@ def _sample_random(logits: torch.Tensor, params: list[SamplingParams], uniform: 
 
 
 def _sample_top(
-    scaled: torch.Tensor, params: list[SamplingParams], uniform: torch.Tensor, candidates: int | None
+    logits: torch.Tensor,
+    temperature: torch.Tensor,
+    params: list[SamplingParams],
+    uniform: torch.Tensor,
+    candidates: int | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k, then top-p, then min-p, then one draw, among the `candidates` most likely tokens of each row.
 
-    `candidates` None means the whole vocabulary (a full sort). Returns the token ids (n,) and whether each
-    row's top-p nucleus fit in the candidates (n,) bool; rows where it did not must be redone with more.
+    `logits` (n, V) are raw, `temperature` (n, 1): dividing by a positive temperature keeps the order, so the
+    candidates are picked from the raw logits and only they are divided (exactly the values `logits / T` holds
+    there). Only rows without top_k (their top_p mass is measured against the whole vocabulary) touch every
+    column again. `candidates` None means the whole vocabulary (a full sort). Returns the token ids (n,) and
+    whether each row's top-p nucleus fit in the candidates (n,) bool; rows where it did not must be redone.
     """
-    device = scaled.device
-    vocab_size = scaled.shape[1]
+    device = logits.device
+    vocab_size = logits.shape[1]
     top_k = [min(p.top_k, vocab_size) for p in params]
     width = vocab_size
     if candidates is not None:
         width = min(vocab_size, max(max(top_k), candidates if 0 in top_k else 0))
     if width == vocab_size:
-        values, indices = scaled.sort(dim=-1, descending=True)  # (n, width)
+        values, indices = logits.sort(dim=-1, descending=True)  # (n, width)
     else:
-        values, indices = scaled.topk(width, dim=-1)  # sorted, descending
+        values, indices = logits.topk(width, dim=-1)  # sorted, descending
+    values = values / temperature
 
     has_top_k = torch.tensor([k > 0 for k in top_k], device=device)
     limit = torch.tensor([k if k > 0 else width for k in top_k], device=device).unsqueeze(1)
     values = values.masked_fill(torch.arange(width, device=device) >= limit, float("-inf"))
     # top_k rows renormalize over their k tokens; top_p-only rows measure mass against the whole vocabulary.
-    log_total = torch.where(has_top_k, values.logsumexp(dim=-1), scaled.logsumexp(dim=-1)).unsqueeze(1)
+    log_total = values.logsumexp(dim=-1)
+    whole = [i for i, k in enumerate(top_k) if k == 0]
+    if whole:
+        log_total[whole] = (_take(logits, whole) / _take(temperature, whole)).logsumexp(dim=-1)
+    log_total = log_total.unsqueeze(1)
     probs = torch.exp(values - log_total)  # (n, width)
     cumulative = probs.cumsum(dim=-1)
 
@@ -297,9 +310,7 @@ def _sample_top(
 
     covered = has_top_k | (cumulative[:, -1] >= top_p.squeeze(1))
     if width == vocab_size:
-        covered = torch.ones_like(
-            covered
-        )  # nothing more to look at (float mass may fall a hair short of top_p)
+        covered = torch.ones_like(covered)  # nothing more to look at (float mass may fall a hair short of top_p)
     return token_ids, covered
 
 

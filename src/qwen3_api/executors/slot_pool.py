@@ -205,6 +205,20 @@ class SlotPool:
         del slot.tokens[position:]
         return SlotOp("trim", slot.seq_id, position)
 
+    def evict_retained(self, max_cells: int) -> list[SlotOp]:
+        """Clear retained slots, least recently released first, until live and retained slots hold at most
+        `max_cells` tokens (a unified cache: every slot's cells come from one pool); returns the trims to run."""
+        used = sum(slot.num_cached for slot in self._live.values()) + sum(
+            slot.num_cached for slot in self._retained.values()
+        )
+        ops: list[SlotOp] = []
+        while used > max_cells and self._retained:
+            seq_id, slot = self._retained.popitem(last=False)
+            used -= slot.num_cached
+            self._empty.append(seq_id)
+            ops.append(SlotOp("trim", seq_id, 0))
+        return ops
+
     def release(self, request_id: str) -> SlotOp | None:
         """Free a finished, aborted or preempted request's slot: retained for reuse when prefix reuse is on and it
         holds anything, else cleared (the returned operation)."""
