@@ -120,7 +120,7 @@ def _load_gguf_engine(settings: Settings, model_name: str, started: float) -> As
     runtime = choose_runtime(settings, gguf=True)
     logger.info("runtime: %s (%s)", runtime, runtime.reason)
     metadata = read_gguf_metadata(path)
-    tokenizer = Tokenizer.from_gguf_metadata(metadata)
+    tokenizer = Tokenizer.from_gguf(path, metadata)
     core = build_llamacpp_engine(settings, path, tokenizer, gguf_max_model_len(settings, metadata))
     core.prepare_grammar()
     return _serving(core, tokenizer, model_name, settings, started)

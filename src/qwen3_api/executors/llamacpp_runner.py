@@ -28,6 +28,7 @@ from qwen3_api.engine.tokenizer import Tokenizer
 from qwen3_api.errors import EngineError, ModelLoadError
 from qwen3_api.executors.model_runner import BatchEntry
 from qwen3_api.executors.slot_pool import SlotOp, SlotPool
+from qwen3_api.models.llama_vocab import model_params
 
 logger = logging.getLogger(__name__)
 
@@ -108,9 +109,7 @@ class LlamaCppModelRunner:
         self._model = self._ctx = self._batch = None
         _init_llama_backend()
 
-        self._model = llama_cpp.llama_model_load_from_file(
-            str(self.gguf_path).encode(), llama_cpp.llama_model_default_params()
-        )
+        self._model = llama_cpp.llama_model_load_from_file(str(self.gguf_path).encode(), model_params())
         if not self._model:
             raise ModelLoadError(f"llama.cpp could not load {self.gguf_path} (see the log for its error)")
         self.vocab_size: int = llama_cpp.llama_vocab_n_tokens(llama_cpp.llama_model_get_vocab(self._model))
