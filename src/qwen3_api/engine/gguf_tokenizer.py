@@ -18,7 +18,9 @@ from qwen3_api.models.llama_vocab import LlamaVocab
 # Control tokens that end a turn or a text in the chat formats llama.cpp knows (ChatML, Llama 3, Gemma, Phi).
 # llama.cpp's own end-of-generation set is wider (fill-in-the-middle markers such as <reponame> are in it), so
 # only these join the file's eos/eot/eom ids.
-CHAT_END_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|eom_id|>", "<|end_of_text|>", "<end_of_turn>", "<|end|>")
+CHAT_END_TOKENS = (
+    "<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|eom_id|>", "<|end_of_text|>", "<end_of_turn>", "<|end|>",
+)  # fmt: skip
 _GGUF_CONTROL, _GGUF_UNUSED = 3, 5  # tokenizer.ggml.token_type values
 
 

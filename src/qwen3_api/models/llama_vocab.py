@@ -7,6 +7,7 @@ pre-tokenizer: nothing is rebuilt, so nothing can drift from what llama.cpp itse
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 from pathlib import Path
@@ -109,7 +110,5 @@ class LlamaVocab:
             self._model = None
 
     def __del__(self) -> None:
-        try:
+        with contextlib.suppress(Exception):  # interpreter shutdown may have torn down the library already
             self.close()
-        except Exception:  # interpreter shutdown may have torn down the library already
-            pass
