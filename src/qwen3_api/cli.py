@@ -42,7 +42,9 @@ def serve(
     device: Annotated[Optional[str], typer.Option(help="auto|cpu|cuda")] = None,
     dtype: Annotated[Optional[str], typer.Option(help="auto|float32|bfloat16|float16")] = None,
     backend: Annotated[Optional[str], typer.Option(help="auto|torch|llamacpp|reference")] = None,
-    quantize: Annotated[Optional[str], typer.Option(help="none|int8 (torch backend)")] = None,
+    quantize: Annotated[
+        Optional[str], typer.Option(help="auto|none|int8 (torch)|q8_0|q4_k_m|q4_0 (GGUF on llama.cpp)")
+    ] = None,
     max_num_seqs: Annotated[Optional[int], typer.Option(help="sequences decoded together")] = None,
     max_num_batched_tokens: Annotated[Optional[int], typer.Option(help="token budget per step")] = None,
     kv_cache_memory: Annotated[Optional[float], typer.Option(help="KV cache budget in GiB")] = None,
@@ -52,6 +54,7 @@ def serve(
     ] = None,
     max_num_return_sequences: Annotated[Optional[int], typer.Option(help="cap of num_return_sequences")] = None,
     log_level: Annotated[Optional[str], typer.Option(help="debug|info|warning|error")] = None,
+    gguf_cache_dir: Annotated[Optional[Path], typer.Option(help="cache of checkpoints converted to GGUF")] = None,
 ) -> None:
     """Start the HTTP server; it listens at once and loads the model in the background."""
     import uvicorn
@@ -63,7 +66,7 @@ def serve(
         max_num_seqs=max_num_seqs,
         max_num_batched_tokens=max_num_batched_tokens, kv_cache_memory=kv_cache_memory, max_model_len=max_model_len,
         enable_prefix_caching=enable_prefix_caching, max_num_return_sequences=max_num_return_sequences,
-        log_level=log_level,
+        log_level=log_level, gguf_cache_dir=gguf_cache_dir,
     )  # fmt: skip
     configure_logging(settings.log_level)
     server: uvicorn.Server | None = None

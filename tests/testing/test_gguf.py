@@ -151,7 +151,7 @@ def test_cached_gguf_is_built_once_next_to_the_model(tiny_q8: Path, tiny_model_d
     assert cached_test_gguf("q8_0", shape="tiny") == tiny_q8  # any case
     assert tiny_q8.stat().st_mtime_ns == mtime
     assert not list(tiny_q8.parent.glob(f"{tiny_q8.name}.*.partial"))
-    with pytest.raises(ValueError, match="F32, F16, Q8_0, Q4_0"):
+    with pytest.raises(ValueError, match="F32, F16, BF16, Q8_0, Q4_0"):
         cached_test_gguf("Q4_K", shape="tiny")  # type: ignore[arg-type]
 
 
