@@ -50,7 +50,9 @@ def serve(
     device: Annotated[Optional[str], typer.Option(help="auto|cpu|cuda")] = None,
     dtype: Annotated[Optional[str], typer.Option(help="auto|float32|bfloat16|float16")] = None,
     backend: Annotated[Optional[str], typer.Option(help="auto|torch|llamacpp|reference")] = None,
-    quantize: Annotated[Optional[str], typer.Option(help="none|int8 (torch backend)")] = None,
+    quantize: Annotated[
+        Optional[str], typer.Option(help="auto|none|int8 (torch)|q8_0|q4_k_m|q4_0 (GGUF on llama.cpp)")
+    ] = None,
     max_num_seqs: Annotated[Optional[int], typer.Option(help="sequences decoded together")] = None,
     max_num_batched_tokens: Annotated[Optional[int], typer.Option(help="token budget per step")] = None,
     kv_cache_memory: Annotated[Optional[float], typer.Option(help="KV cache budget in GiB")] = None,
@@ -99,6 +101,7 @@ def serve(
     llamacpp_threads_batch: Annotated[Optional[int], typer.Option(help="llama.cpp prefill threads")] = None,
     llamacpp_ubatch: Annotated[Optional[int], typer.Option(help="llama.cpp physical batch (tokens)")] = None,
     llamacpp_weight_repack: Annotated[Optional[str], typer.Option(help="auto|on|off")] = None,
+    gguf_cache_dir: Annotated[Optional[Path], typer.Option(help="cache of checkpoints converted to GGUF")] = None,
 ) -> None:
     """Start the HTTP server; it listens at once and loads the model in the background."""
     import uvicorn
@@ -122,6 +125,7 @@ def serve(
         llamacpp_kv_unified=llamacpp_kv_unified, llamacpp_flash_attention=llamacpp_flash_attention,
         llamacpp_threads=llamacpp_threads, llamacpp_threads_batch=llamacpp_threads_batch,
         llamacpp_ubatch=llamacpp_ubatch, llamacpp_weight_repack=llamacpp_weight_repack,
+        gguf_cache_dir=gguf_cache_dir,
     )  # fmt: skip
     configure_server_logging(settings.log_level, settings.log_format)
     server: uvicorn.Server | None = None

@@ -13,7 +13,8 @@ DEFAULT_MODEL = "Qwen/Qwen3-4B-Instruct-2507"
 Device = Literal["auto", "cpu", "cuda"]
 DType = Literal["auto", "float32", "bfloat16", "float16"]
 Backend = Literal["auto", "torch", "reference", "llamacpp"]
-Quantization = Literal["auto", "none", "int8"]
+# q8_0 / q4_k_m / q4_0: a safetensors checkpoint converted once to that GGUF quant and served on llama.cpp.
+Quantization = Literal["auto", "none", "int8", "q8_0", "q4_k_m", "q4_0"]
 
 
 class Settings(BaseSettings):
@@ -31,7 +32,8 @@ class Settings(BaseSettings):
     )
     quantize: Quantization = Field(
         "auto",
-        description="int8: weight-only int8 weights made at load (torch backend); auto: int8 on CPU, none on GPU",
+        description="int8: weight-only int8 at load (torch); q8_0|q4_k_m|q4_0: converted once to that GGUF quant and "
+        "served on llama.cpp; auto: q8_0 on CPU, none on GPU",
     )
     max_num_seqs: int = Field(16, ge=1, le=1024, description="most sequences decoded together in one step")
     max_num_batched_tokens: int = Field(512, ge=16, description="token budget of one engine step (chunked prefill)")
@@ -82,6 +84,11 @@ class Settings(BaseSettings):
     )
     llamacpp_weight_repack: Literal["auto", "on", "off"] = Field(
         "auto", description="llama.cpp CPU weight repacking (extra buffer types); auto: off where the build has AMX"
+    )
+
+    # Safetensors checkpoints on llama.cpp (--quantize q8_0|q4_k_m|q4_0, the CPU default)
+    gguf_cache_dir: Path | None = Field(
+        None, description="where checkpoints converted to GGUF are cached; default the user cache dir (qwen3-api/gguf)"
     )
 
     @field_validator("model")

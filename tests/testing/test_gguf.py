@@ -19,6 +19,7 @@ from qwen3_api.testing.gguf import cached_test_gguf
 from qwen3_api.testing.models import VOCAB_SIZE, parse_test_model_spec
 from qwen3_api.testing.tokenizer import QWEN3_ADDED_TOKENS
 from tests.conftest import REPO_ROOT
+from tests.llama_reference import reference_llama
 
 gguf = pytest.importorskip("gguf")
 llama_cpp = pytest.importorskip("llama_cpp")
@@ -116,7 +117,7 @@ def test_gguf_reader_sees_the_metadata_and_weights_llama_cpp_needs(tiny_q8: Path
 @pytest.mark.parametrize("qtype", ["F32", "Q8_0", "Q4_0"])
 def test_llama_cpp_loads_and_runs_the_file(qtype: str, hf_tokenizer: Tokenizer) -> None:
     path = cached_test_gguf(qtype, shape="tiny")  # type: ignore[arg-type]
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=64, n_threads=1, logits_all=True, verbose=False)
+    llm = reference_llama(path, n_ctx=64, n_threads=1, logits_all=True)
     prompt = hf_tokenizer.encode("<|im_start|>user\nHello, world!<|im_end|>\n<|im_start|>assistant\n")
     llm.eval(prompt)
     logits = np.asarray(llm.scores[len(prompt) - 1])
@@ -150,7 +151,7 @@ def test_cached_gguf_is_built_once_next_to_the_model(tiny_q8: Path, tiny_model_d
     assert cached_test_gguf("q8_0", shape="tiny") == tiny_q8  # any case
     assert tiny_q8.stat().st_mtime_ns == mtime
     assert not list(tiny_q8.parent.glob(f"{tiny_q8.name}.*.partial"))
-    with pytest.raises(ValueError, match="F32, F16, Q8_0, Q4_0"):
+    with pytest.raises(ValueError, match="F32, F16, BF16, Q8_0, Q4_0"):
         cached_test_gguf("Q4_K", shape="tiny")  # type: ignore[arg-type]
 
 
@@ -200,7 +201,9 @@ def test_gguf_tokenizer_matches_the_hf_tokenizer(gguf_tokenizer: Tokenizer, hf_t
     strings = varied_strings()
     assert len(strings) >= 300
     for text in strings:
-        assert gguf_tokenizer.encode(text) == hf_tokenizer.encode(text), repr(text)
+        # llama.cpp, which the GGUF tokenizer is, skips the NFC that Qwen's tokenizer.json applies first.
+        normalized = unicodedata.normalize("NFC", text)
+        assert gguf_tokenizer.encode(normalized) == hf_tokenizer.encode(normalized), repr(text)
     ids = [i for text in strings[:50] for i in hf_tokenizer.encode(text)]
     assert gguf_tokenizer.decode(ids, skip_special_tokens=False) == hf_tokenizer.decode(ids, skip_special_tokens=False)
     assert all(gguf_tokenizer.token_bytes(i) == hf_tokenizer.token_bytes(i) for i in range(0, 151669, 13))
@@ -212,6 +215,13 @@ def test_llama_cpp_tokenizer_matches_the_hf_tokenizer(llama_vocab, hf_tokenizer:
         normalized = unicodedata.normalize("NFC", text)  # llama.cpp does not apply the NFC that Qwen's tokenizer does
         got = llama_vocab.tokenize(normalized.encode(), add_bos=False, special=True)
         assert got == hf_tokenizer.encode(normalized), repr(text)
+
+
+def test_gguf_tokenizer_is_llama_cpps_own_tokenization(llama_vocab, gguf_tokenizer: Tokenizer) -> None:  # type: ignore[no-untyped-def]
+    unnormalized = [text for text in varied_strings() if unicodedata.normalize("NFC", text) != text]
+    assert unnormalized  # the strings where an HF rebuild with NFC would differ from llama.cpp
+    for text in varied_strings():
+        assert gguf_tokenizer.encode(text) == llama_vocab.tokenize(text.encode(), add_bos=False, special=True), repr(text)
 
 
 def test_gguf_tokenizer_carries_end_tokens_template_and_sampling(

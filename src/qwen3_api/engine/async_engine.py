@@ -183,7 +183,7 @@ class AsyncEngine:
             request_id=request_id,
             params=params,
             detokenizer=IncrementalDetokenizer(
-                self.tokenizer.hf, prompt_token_ids, skip_special_tokens=params.skip_special_tokens, stop=params.stop
+                self.tokenizer, prompt_token_ids, skip_special_tokens=params.skip_special_tokens, stop=params.stop
             ),
             queue=asyncio.Queue(),
             num_prompt_tokens=len(prompt_token_ids),

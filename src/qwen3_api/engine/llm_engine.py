@@ -343,6 +343,6 @@ def assemble_engine(
     )
 
     def grammar_compiler() -> GrammarCompiler:
-        return GrammarCompiler(tokenizer.hf, vocab_size, tokenizer.eos_token_ids)
+        return GrammarCompiler(tokenizer.grammar_tokenizer(vocab_size), vocab_size, tokenizer.eos_token_ids)
 
     return LLMEngine(Scheduler(config, kv), runner, Sampler(device=sampler_device), grammar_compiler)

@@ -215,7 +215,10 @@ class GrammarMatcher:
 
 
 class GrammarCompiler:
-    """Compiles StructuredOutput specs against one tokenizer, keeping the most recent ones in an LRU cache."""
+    """Compiles StructuredOutput specs against one tokenizer, keeping the most recent ones in an LRU cache.
+
+    `hf_tokenizer` is an HF fast tokenizer, or an `llguidance.LLTokenizer` already built (a GGUF model's, over
+    llama.cpp's vocabulary)."""
 
     def __init__(
         self,
@@ -224,17 +227,17 @@ class GrammarCompiler:
         eos_token_ids: Sequence[int],
         cache_size: int = DEFAULT_CACHE_SIZE,
     ) -> None:
-        if vocab_size < len(hf_tokenizer):
-            raise ValueError(
-                f"vocab_size {vocab_size} is smaller than the tokenizer's {len(hf_tokenizer)} tokens"
-            )
+        prebuilt = isinstance(hf_tokenizer, llguidance.LLTokenizer)  # e.g. over llama.cpp's vocabulary
+        known = hf_tokenizer.vocab_size if prebuilt else len(hf_tokenizer)
+        if vocab_size < known:
+            raise ValueError(f"vocab_size {vocab_size} is smaller than the tokenizer's {known} tokens")
         if not eos_token_ids:
             raise ValueError("at least one end token id is needed: a finished grammar allows only end tokens")
         self.vocab_size = vocab_size
         self.eos_token_ids = frozenset(eos_token_ids)
         # ~3 s for Qwen3's 151k tokens: built once per engine. Ids from len(tokenizer) to vocab_size are
         # padding rows of the model; llguidance never allows them.
-        self._tokenizer = llguidance.hf.from_tokenizer(
+        self._tokenizer = hf_tokenizer if prebuilt else llguidance.hf.from_tokenizer(
             hf_tokenizer, n_vocab=vocab_size, eos_token=list(eos_token_ids)
         )
         self._compile_cached = functools.lru_cache(maxsize=cache_size)(self._compile)

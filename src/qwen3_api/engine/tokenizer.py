@@ -51,80 +51,6 @@ class GenerationDefaults:
         )
 
 
-# Qwen's pre-tokenizer split, as in every Qwen2/Qwen2.5/Qwen3 tokenizer.json (llama.cpp's "qwen2" pre-tokenizer).
-QWEN2_SPLIT_PATTERN = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-# Both end a Qwen3 turn or text; the generation config lists both, a GGUF's eos names only one.
-QWEN3_END_TOKENS = ("<|im_end|>", "<|endoftext|>")
-# llama.cpp token types (tokenizer.ggml.token_type).
-_GGUF_NORMAL, _GGUF_CONTROL, _GGUF_USER_DEFINED = 1, 3, 4
-
-
-def _float32_value(value: Any) -> float | None:
-    # GGUF stores sampling defaults as float32: 0.6 reads back as 0.6000000238.
-    return None if value is None else float(f"{float(value):.6g}")
-
-
-def _hf_tokenizer_from_gguf(metadata: dict[str, Any]) -> Any:
-    """The HF fast tokenizer a Qwen GGUF describes (byte-level BPE with the qwen2 pre-tokenizer).
-
-    Built directly with `tokenizers`: transformers' own GGUF path gives the same ids but takes ~30 s on a
-    151k vocabulary. NFC is applied like Qwen's tokenizer.json does (llama.cpp itself skips it).
-    """
-    from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers
-    from tokenizers import Tokenizer as BackendTokenizer
-    from transformers import PreTrainedTokenizerFast
-
-    from qwen3_api.errors import ModelLoadError
-
-    model, pre = metadata.get("tokenizer.ggml.model"), metadata.get("tokenizer.ggml.pre")
-    if model != "gpt2" or pre != "qwen2":
-        raise ModelLoadError(f"unsupported GGUF tokenizer {model}/{pre}; Qwen3 GGUFs have gpt2/qwen2")
-    tokens: list[str] = metadata["tokenizer.ggml.tokens"]
-    types: list[int] = metadata.get("tokenizer.ggml.token_type") or [_GGUF_NORMAL] * len(tokens)
-    added = [
-        (i, t)
-        for i, (t, kind) in enumerate(zip(tokens, types, strict=True))
-        if kind in (_GGUF_CONTROL, _GGUF_USER_DEFINED)
-    ]
-    vocab = {t: i for i, (t, kind) in enumerate(zip(tokens, types, strict=True)) if kind == _GGUF_NORMAL}
-    merges = [tuple(m.split(" ", 1)) for m in metadata["tokenizer.ggml.merges"]]
-    backend = BackendTokenizer(models.BPE(vocab, merges, ignore_merges=False))
-    backend.normalizer = normalizers.NFC()
-    backend.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(QWEN2_SPLIT_PATTERN), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
-    backend.decoder = decoders.ByteLevel()
-    for token_id, text in added:
-        # Added in id order right after the base vocabulary, so each gets its id; checked below.
-        special = types[token_id] == _GGUF_CONTROL
-        token = AddedToken(text, special=special, normalized=False, single_word=False, lstrip=False, rstrip=False)
-        if special:
-            backend.add_special_tokens([token])
-        else:
-            backend.add_tokens([token])
-        if backend.token_to_id(text) != token_id:
-            raise ModelLoadError(f"GGUF token {text!r} should have id {token_id}, got {backend.token_to_id(text)}")
-
-    def text_of(key: str) -> str | None:
-        token_id = metadata.get(key)
-        return tokens[token_id] if isinstance(token_id, int) and 0 <= token_id < len(tokens) else None
-
-    hf = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        eos_token=text_of("tokenizer.ggml.eos_token_id"),
-        pad_token=text_of("tokenizer.ggml.padding_token_id"),
-        model_max_length=int(metadata.get(f"{metadata.get('general.architecture')}.context_length", 40960)),
-        clean_up_tokenization_spaces=False,
-    )
-    hf.chat_template = metadata.get("tokenizer.chat_template")
-    return hf
-
-
 class Tokenizer:
     """Wraps an HF fast tokenizer: encoding, chat rendering and the model's end tokens."""
 
@@ -136,28 +62,12 @@ class Tokenizer:
         self._setup(hf, GenerationDefaults.from_dir(model_dir, fallback))
 
     @classmethod
-    def from_gguf(cls, path: Path) -> Tokenizer:
-        """The tokenizer, chat template, end tokens and sampling defaults stored in a GGUF file."""
-        from qwen3_api.models.gguf import read_gguf_metadata
+    def from_gguf(cls, path: Path, metadata: dict[str, Any] | None = None) -> Tokenizer:
+        """The tokenizer of a GGUF file: llama.cpp's own vocabulary, with the chat template, end tokens and
+        sampling defaults stored in the file (`metadata`: the file's header, when already read)."""
+        from qwen3_api.engine.gguf_tokenizer import GGUFTokenizer
 
-        return cls.from_gguf_metadata(read_gguf_metadata(path))
-
-    @classmethod
-    def from_gguf_metadata(cls, metadata: dict[str, Any]) -> Tokenizer:
-        """`from_gguf` for metadata already read (it holds the whole vocabulary: ~0.4 s to parse)."""
-        hf = _hf_tokenizer_from_gguf(metadata)
-        # Like generation_config.json's list: the GGUF's eos, then Qwen3's other end tokens.
-        vocab = hf.get_vocab()
-        eos = [metadata.get("tokenizer.ggml.eos_token_id"), *(vocab.get(t) for t in QWEN3_END_TOKENS)]
-        generation = GenerationDefaults(
-            eos_token_ids=tuple(dict.fromkeys(int(i) for i in eos if i is not None)),
-            temperature=_float32_value(metadata.get("general.sampling.temp")),
-            top_p=_float32_value(metadata.get("general.sampling.top_p")),
-            top_k=metadata.get("general.sampling.top_k"),
-        )
-        tokenizer = cls.__new__(cls)
-        tokenizer._setup(hf, generation)
-        return tokenizer
+        return GGUFTokenizer(path, metadata)
 
     def _setup(self, hf: Any, generation: GenerationDefaults) -> None:
         self.hf = hf
@@ -205,6 +115,20 @@ class Tokenizer:
     def decode(self, token_ids: list[int], skip_special_tokens: bool = True) -> str:
         return str(self.hf.decode(token_ids, skip_special_tokens=skip_special_tokens))
 
+    def grammar_tokenizer(self, vocab_size: int) -> Any:
+        """What structured output compiles grammars against (see `GrammarCompiler`): the HF tokenizer here."""
+        return self.hf
+
+    def _apply_template(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, add_generation_prompt: bool,
+        kwargs: dict[str, Any],
+    ) -> str:
+        return str(
+            self.hf.apply_chat_template(
+                messages, tools=tools, tokenize=False, add_generation_prompt=add_generation_prompt, **kwargs
+            )
+        )
+
     def render_chat(
         self,
         messages: list[dict[str, Any]],
@@ -219,11 +143,7 @@ class Tokenizer:
         if enable_thinking is not None:
             kwargs["enable_thinking"] = enable_thinking
         try:
-            return str(
-                self.hf.apply_chat_template(
-                    messages, tools=tools, tokenize=False, add_generation_prompt=add_generation_prompt, **kwargs
-                )
-            )
+            return self._apply_template(messages, tools, add_generation_prompt, kwargs)
         except Exception as exc:  # template errors are caused by the messages given
             raise InvalidRequestError(f"cannot apply the chat template to these messages: {exc}", "messages") from exc
 
