@@ -17,6 +17,7 @@ from qwen3_api.errors import Qwen3APIError
 from qwen3_api.server import metrics, native
 from qwen3_api.server.errors import install_error_handlers
 from qwen3_api.server.openai import router as openai_router
+from qwen3_api.server.playground import install_playground
 from qwen3_api.server.state import ServerState
 
 if TYPE_CHECKING:
@@ -93,4 +94,5 @@ def create_app(
     app.include_router(native.router)
     app.include_router(openai_router.router)
     app.include_router(metrics.router)
+    install_playground(app)
     return app
