@@ -149,6 +149,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--start-timeout", type=float, default=300)
+    parser.add_argument("--plot", type=Path, default=None, help="PNG per GGUF file: PATH with -<shape>-<type>")
     args = parser.parse_args()
     shapes = [args.shape] + (["4b"] if args.with_4b and args.shape != "4b" else [])
     log_dir = Path(tempfile.mkdtemp(prefix="bench-llamacpp-"))
@@ -167,6 +168,14 @@ def main() -> None:
             except Exception as exc:  # a server that fails to start or serve: say so, go on with the next file
                 print(f"  failed: {exc!r} (logs in {log_dir})", flush=True)
                 continue
+            if args.plot is not None:
+                from qwen3_api.bench.plot import plot_results
+
+                pairs = zip(SERVERS, (theirs, ours), strict=True)
+                series = {name: [r[c] for c in args.concurrency] for name, r in pairs}
+                out = args.plot.with_name(f"{args.plot.stem}-{shape}-{qtype}{args.plot.suffix or '.png'}")
+                subtitle = f"GGUF {qtype}, {args.prompt_tokens}-token prompts, {args.output_tokens} output tokens"
+                print(f"  plot: {plot_results(series, out, f'Qwen3 {shape} shape', subtitle)}", flush=True)
             for c in args.concurrency:
                 t, o = theirs[c].output_throughput, ours[c].output_throughput
                 target = 0.95 if c == 1 else 2.0

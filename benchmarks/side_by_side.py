@@ -403,6 +403,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--request-timeout", type=float, default=3600.0, help="seconds one request may take")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json-out", type=Path, default=None)
+    p.add_argument("--plot", type=Path, default=None, help="also draw the server rows as a PNG here")
     args = p.parse_args(argv)
     args.dtypes = [d for d in args.dtypes.split(",") if d]
     args.only = [k for k in args.only.split(",") if k]
@@ -445,6 +446,15 @@ def main(argv: list[str] | None = None) -> int:
             prefixes += [prefix] if prefix else []
     big = run_4b(args, builder or PromptBuilder(None), log_dir, bandwidth) if args.with_4b else None
 
+    if args.plot is not None:
+        from qwen3_api.bench.plot import plot_results
+
+        series: dict[str, list[BenchResult]] = {}
+        for row in rows:
+            if row.result is not None:
+                series.setdefault(f"{row.label} [{row.dtype}]", []).append(row.result)
+        subtitle = f"random weights, {args.prompt_tokens}-token prompts, {args.output_tokens} output tokens"
+        log(f"plot: {plot_results(series, args.plot, f'Qwen3 {args.shape} shape', subtitle)}")
     print(f"\nside by side: {args.shape} shape{f', {args.num_layers} layers' if args.num_layers else ''}, "
           f"random weights, {args.prompt_tokens}-token prompts, {args.output_tokens} output tokens, end tokens "
           f"ignored, {args.num_requests} requests per server row\n")  # fmt: skip

@@ -1,4 +1,4 @@
-"""The `qwen3-api` command: serve, make-test-model."""
+"""The `qwen3-api` command: serve, run, chat, download, make-test-model, bench."""
 
 from __future__ import annotations
 
@@ -215,39 +215,62 @@ def chat(
     system: Annotated[Optional[str], typer.Option(help="system prompt")] = None,
     thinking: Annotated[Optional[bool], typer.Option("--thinking/--no-thinking", help="Qwen3 thinking mode")] = None,
     max_tokens: Annotated[int, typer.Option(help="most tokens per answer")] = 1024,
+    api_key: Annotated[
+        Optional[str], typer.Option(envvar="QWEN3_API_KEY", help="sent as Authorization: Bearer KEY")
+    ] = None,
 ) -> None:
-    """Chat with a running server in the terminal (/reset clears the conversation, /exit or Ctrl-D quits)."""
+    """Chat with a running server in the terminal (/help lists the commands, /exit or Ctrl-D quits)."""
     from rich.console import Console
 
-    from qwen3_api.chat_cli import ChatSession
+    from qwen3_api.terminal.session import ChatSession, HttpTransport
+    from qwen3_api.terminal.ui import ChatUI, default_history_path
 
-    console = Console()
+    console = Console(highlight=False)
     try:
-        session = ChatSession(url, system, thinking, max_tokens)
+        transport = HttpTransport(url, api_key)
     except Exception as exc:  # connection refused, not our server, ...: one line, no traceback
         console.print(f"[red]cannot reach a qwen3-api server at {url}: {exc}[/red]")
         raise typer.Exit(1) from exc
-    console.print(f"[bold]{session.model}[/bold] — /reset clears the conversation, /exit quits")
-    while True:
-        try:
-            text = console.input("[bold green]you> [/bold green]").strip()
-        except (EOFError, KeyboardInterrupt):
-            break
-        if text in ("/exit", "/quit"):
-            break
-        if text == "/reset":
-            session.reset()
-            continue
-        if not text:
-            continue
-        try:
-            for kind, piece in session.ask(text):
-                console.print(
-                    piece, end="", style="dim" if kind == "reasoning" else None, markup=False, highlight=False
-                )
-        except (RuntimeError, OSError) as exc:
-            console.print(f"\n[red]error: {exc}[/red]")
-        console.print()
+    session = ChatSession(transport, system, thinking, max_tokens)
+    try:
+        ChatUI(session, console, default_history_path()).run()
+    finally:
+        session.close()
+
+
+@app.command()
+def run(
+    model: Annotated[str, typer.Argument(help="HF repo id, local model dir, GGUF, or test:tiny")],
+    system: Annotated[Optional[str], typer.Option(help="system prompt")] = None,
+    thinking: Annotated[Optional[bool], typer.Option("--thinking/--no-thinking", help="Qwen3 thinking mode")] = None,
+    max_tokens: Annotated[int, typer.Option(help="most tokens per answer")] = 1024,
+    device: Annotated[Optional[str], typer.Option(help="auto|cpu|cuda")] = None,
+    dtype: Annotated[Optional[str], typer.Option(help="auto|float32|bfloat16|float16")] = None,
+    backend: Annotated[Optional[str], typer.Option(help="auto|torch|llamacpp|reference")] = None,
+    quantize: Annotated[Optional[str], typer.Option(help="none|int8 (torch backend)")] = None,
+    max_model_len: Annotated[Optional[int], typer.Option(help="context limit")] = None,
+    kv_cache_memory: Annotated[Optional[float], typer.Option(help="KV cache budget in GiB")] = None,
+) -> None:
+    """Load MODEL in this process and chat with it, without a server (the engine and defaults of `serve`)."""
+    from rich.console import Console
+
+    from qwen3_api.terminal.loading import load_with_progress
+    from qwen3_api.terminal.session import ChatSession, InProcessTransport
+    from qwen3_api.terminal.ui import ChatUI, default_history_path
+
+    settings = _settings(
+        model=model, device=device, dtype=dtype, backend=backend, quantize=quantize, max_model_len=max_model_len,
+        kv_cache_memory=kv_cache_memory,
+    )  # fmt: skip
+    console = Console(highlight=False)
+    engine = load_with_progress(settings, console)
+    if engine is None:
+        raise typer.Exit(1)
+    session = ChatSession(InProcessTransport(engine, settings), system, thinking, max_tokens)
+    try:
+        ChatUI(session, console, default_history_path()).run()
+    finally:
+        session.close()
 
 
 app.command("bench")(bench_command)

@@ -23,6 +23,7 @@ from qwen3_api.server.auth import APIKeyMiddleware, load_api_keys
 from qwen3_api.server.body_limit import BodyLimitMiddleware
 from qwen3_api.server.errors import install_error_handlers
 from qwen3_api.server.openai import router as openai_router
+from qwen3_api.server.playground import install_playground
 from qwen3_api.server.state import ServerState
 
 if TYPE_CHECKING:
@@ -117,6 +118,7 @@ def create_app(
     app.include_router(openai_router.router)
     app.include_router(anthropic_router.router)
     app.include_router(metrics.router)
+    install_playground(app)
     return app
 
 

@@ -1,0 +1,89 @@
+"""PNG pictures of benchmark results: output tokens/s vs concurrency per contender, TTFT and TPOT percentiles.
+
+matplotlib is an optional dependency (the `bench` extra): serving never needs it, so it is imported only here.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import shutil
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from qwen3_api.bench.metrics import BenchResult
+
+
+class PlotUnavailable(RuntimeError):
+    """matplotlib is not installed."""
+
+
+def machine_description() -> str:
+    """CPU model and core count, plus the GPU name where nvidia-smi knows one."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    text = f"{cpu}, {os.cpu_count()} cores"
+    if shutil.which("nvidia-smi"):
+        try:
+            gpu = subprocess.run(
+                ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True, timeout=10
+            ).stdout.strip().splitlines()
+            text += f", {gpu[0]}" if gpu else ""
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return text
+
+
+def _finite(value: float) -> float:
+    return value if math.isfinite(value) else math.nan
+
+
+def plot_results(series: Mapping[str, Sequence[BenchResult]], path: Path, model: str, subtitle: str = "") -> Path:
+    """Write one PNG with three panels for each contender's results (one result per concurrency)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # files only, no display
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise PlotUnavailable("plots need matplotlib: pip install 'qwen3-api[bench]'") from exc
+
+    figure, (throughput, ttft, tpot) = plt.subplots(1, 3, figsize=(16, 5.2))
+    markers = "osD^v<>"
+    for i, (name, results) in enumerate(series.items()):
+        ordered = sorted(results, key=lambda r: r.concurrency)
+        cs = [r.concurrency for r in ordered]
+        marker = markers[i % len(markers)]
+        throughput.plot(cs, [_finite(r.output_throughput) for r in ordered], marker=marker, label=name)
+        for axis, stat in ((ttft, "ttft_ms"), (tpot, "tpot_ms")):
+            line = axis.plot(cs, [_finite(getattr(r, stat).p50) for r in ordered], marker=marker, label=f"{name} p50")
+            axis.plot(cs, [_finite(getattr(r, stat).p99) for r in ordered], marker=marker, linestyle="--",
+                      color=line[0].get_color(), label=f"{name} p99")  # fmt: skip
+    levels = sorted({r.concurrency for results in series.values() for r in results})
+    for axis, label in ((throughput, "output tokens/s"), (ttft, "TTFT (ms)"), (tpot, "TPOT (ms)")):
+        axis.set_xlabel("concurrency (requests in flight)")
+        axis.set_ylabel(label)
+        axis.set_xscale("log", base=2)
+        axis.set_xticks(levels, [str(c) for c in levels])
+        axis.minorticks_off()
+        axis.grid(True, alpha=0.3)
+        axis.legend(fontsize=8)
+        axis.set_ylim(bottom=0)
+    throughput.set_title("output throughput")
+    ttft.set_title("time to first token (p50 solid, p99 dashed)")
+    tpot.set_title("time per output token (p50 solid, p99 dashed)")
+    title = f"{model} on {machine_description()}"
+    figure.suptitle(title + (f"\n{subtitle}" if subtitle else ""), fontsize=11)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
