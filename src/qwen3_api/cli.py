@@ -52,6 +52,10 @@ def serve(
     ] = None,
     max_num_return_sequences: Annotated[Optional[int], typer.Option(help="cap of num_return_sequences")] = None,
     log_level: Annotated[Optional[str], typer.Option(help="debug|info|warning|error")] = None,
+    response_cache_mb: Annotated[
+        Optional[float], typer.Option(help="response cache budget in MiB (greedy/seeded requests); 0: off [256]")
+    ] = None,
+    response_cache_ttl: Annotated[Optional[float], typer.Option(help="seconds a cached response lives [3600]")] = None,
 ) -> None:
     """Start the HTTP server; it listens at once and loads the model in the background."""
     import uvicorn
@@ -64,6 +68,7 @@ def serve(
         max_num_batched_tokens=max_num_batched_tokens, kv_cache_memory=kv_cache_memory, max_model_len=max_model_len,
         enable_prefix_caching=enable_prefix_caching, max_num_return_sequences=max_num_return_sequences,
         log_level=log_level,
+        response_cache_mb=response_cache_mb, response_cache_ttl=response_cache_ttl,
     )  # fmt: skip
     configure_logging(settings.log_level)
     server: uvicorn.Server | None = None

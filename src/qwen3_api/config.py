@@ -44,6 +44,11 @@ class Settings(BaseSettings):
     max_num_return_sequences: int = Field(8, ge=1, le=64, description="cap of num_return_sequences / n")
     max_queued_requests: int = Field(256, ge=1, description="requests waiting beyond this get 503")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log verbosity")
+    # Caching across requests and restarts (issue 11)
+    response_cache_mb: float = Field(
+        256, ge=0, description="response cache budget in MiB of stored responses (greedy or seeded requests); 0: off"
+    )
+    response_cache_ttl: float = Field(3600, gt=0, description="seconds a cached response stays valid")
 
     @field_validator("model")
     @classmethod

@@ -72,10 +72,19 @@ class _Command:
 class AsyncEngine:
     """Asyncio-facing engine over any `EngineCore` backend."""
 
-    def __init__(self, core: EngineCore, tokenizer: Tokenizer, model_name: str, max_queued_requests: int = 256):
+    def __init__(
+        self,
+        core: EngineCore,
+        tokenizer: Tokenizer,
+        model_name: str,
+        max_queued_requests: int = 256,
+        model_identity: str | None = None,
+    ):
         self.core = core
         self.tokenizer = tokenizer
         self.model_name = model_name
+        # What the weights, tokenizer and runtime choices hash to (models.identity); caches key on it.
+        self.model_identity = model_identity or model_name
         self.max_model_len = core.max_model_len
         self.max_queued_requests = max_queued_requests
         self._commands: collections.deque[_Command] = collections.deque()

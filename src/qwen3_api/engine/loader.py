@@ -13,6 +13,7 @@ from qwen3_api.engine.async_engine import AsyncEngine
 from qwen3_api.engine.core import EngineCore
 from qwen3_api.engine.tokenizer import Tokenizer
 from qwen3_api.errors import ModelLoadError
+from qwen3_api.models.identity import model_identity
 from qwen3_api.models.source import canonical_model_name, resolve_model
 
 logger = logging.getLogger(__name__)
@@ -123,15 +124,18 @@ def _load_gguf_engine(settings: Settings, model_name: str, started: float) -> As
     tokenizer = Tokenizer.from_gguf_metadata(metadata)
     core = build_llamacpp_engine(settings, path, tokenizer, gguf_max_model_len(settings, metadata))
     core.prepare_grammar()
-    return _serving(core, tokenizer, model_name, settings, started)
+    identity = model_identity(model_name, path, backend="llamacpp")
+    return _serving(core, tokenizer, model_name, settings, started, identity)
 
 
 def _serving(
-    core: EngineCore, tokenizer: Tokenizer, model_name: str, settings: Settings, started: float
+    core: EngineCore, tokenizer: Tokenizer, model_name: str, settings: Settings, started: float, identity: str
 ) -> AsyncEngine:
     """The loaded core behind its asyncio front, with the load time logged."""
     logger.info("model loaded in %.1f s (max_model_len %d)", time.perf_counter() - started, core.max_model_len)
-    return AsyncEngine(core, tokenizer, model_name, max_queued_requests=settings.max_queued_requests)
+    return AsyncEngine(
+        core, tokenizer, model_name, max_queued_requests=settings.max_queued_requests, model_identity=identity
+    )
 
 
 def load_engine(settings: Settings) -> AsyncEngine:
@@ -162,4 +166,8 @@ def load_engine(settings: Settings) -> AsyncEngine:
         engine = build_llm_engine(settings, model_dir, device, dtype, tokenizer, max_len, runtime.quantize)
         engine.prepare_grammar()
         core = engine
-    return _serving(core, tokenizer, model_name, settings, started)
+    identity = model_identity(
+        model_name, model_dir, backend=runtime.backend, device=runtime.device, dtype=runtime.dtype,
+        quantize=runtime.quantize,
+    )
+    return _serving(core, tokenizer, model_name, settings, started, identity)

@@ -15,8 +15,10 @@ from qwen3_api import __version__
 from qwen3_api.config import Settings
 from qwen3_api.errors import Qwen3APIError
 from qwen3_api.server import metrics, native
+from qwen3_api.server.cached_generation import ResponseCacheMiddleware
 from qwen3_api.server.errors import install_error_handlers
 from qwen3_api.server.openai import router as openai_router
+from qwen3_api.server.response_cache import ResponseCache
 from qwen3_api.server.state import ServerState
 
 if TYPE_CHECKING:
@@ -57,6 +59,15 @@ def _load_in_background(
         loop.call_soon_threadsafe(on_failure)
 
 
+def _response_cache(settings: Settings) -> ResponseCache:
+    cache = ResponseCache(int(settings.response_cache_mb * 2**20), settings.response_cache_ttl)
+    if cache.enabled:
+        logger.info("response cache: %g MiB, TTL %g s", settings.response_cache_mb, settings.response_cache_ttl)
+    else:
+        logger.info("response cache: off (--response-cache-mb 0)")
+    return cache
+
+
 def create_app(
     settings: Settings, loader: EngineLoader = _default_loader, on_load_failure: Callable[[], None] | None = None
 ) -> FastAPI:
@@ -79,8 +90,11 @@ def create_app(
 
     app = FastAPI(title="Qwen3-4B API", version=__version__, lifespan=lifespan)
     app.state.server = state
+    app.state.response_cache = _response_cache(settings)
     app.state.metrics = metrics.ServerMetrics(state)
+    app.state.metrics.registry.register(metrics.ResponseCacheCollector(app.state.response_cache))
     install_error_handlers(app)
+    app.add_middleware(ResponseCacheMiddleware)
 
     @app.middleware("http")
     async def count_requests(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:

@@ -14,6 +14,7 @@ from qwen3_api.engine.async_engine import AsyncEngine
 from qwen3_api.engine.outputs import RequestOutput
 from qwen3_api.engine.sampling import SamplingParams
 from qwen3_api.errors import EngineError, InvalidRequestError, ModelNotReadyError, Qwen3APIError
+from qwen3_api.server.cached_generation import open_generation
 from qwen3_api.server.disconnect import until_disconnected
 from qwen3_api.server.native_protocol import (
     GenerateRequest,
@@ -22,6 +23,7 @@ from qwen3_api.server.native_protocol import (
     HealthResponse,
     RootResponse,
 )
+from qwen3_api.server.response_cache import GenerationJob
 from qwen3_api.server.state import ServerState, ready_engine, server_state
 from qwen3_api.server.streams import DONE, merge, sse
 
@@ -83,12 +85,13 @@ async def generate(
         )
     prompt_ids = engine.tokenizer.prompt_token_ids(request.prompt, raw=request.raw)
     params = to_sampling_params(request)
+    engine.check_request(prompt_ids, params, "max_length")
+    jobs = [GenerationJob(prompt_ids, params, request.num_return_sequences)]
+    generation = await open_generation(http_request, engine, "generate", jobs, "max_length")
     if request.stream:
-        streams = engine.generate_siblings(prompt_ids, params, request.num_return_sequences, "max_length")
-        return StreamingResponse(_stream_events(streams), media_type="text/event-stream")
+        return StreamingResponse(_stream_events(generation.streams()), media_type="text/event-stream")
     try:
-        work = engine.generate_n(prompt_ids, params, request.num_return_sequences, "max_length")
-        outputs = await until_disconnected(http_request, work)
+        outputs = await until_disconnected(http_request, generation.outputs())
     except Qwen3APIError:
         raise
     except Exception as exc:

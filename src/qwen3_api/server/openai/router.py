@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
 from qwen3_api.engine.async_engine import AsyncEngine
+from qwen3_api.server.cached_generation import open_generation
 from qwen3_api.server.disconnect import until_disconnected
 from qwen3_api.server.openai.protocol import (
     ChatCompletion,
@@ -36,10 +37,11 @@ async def list_models(engine: Annotated[AsyncEngine, Depends(ready_engine)]) -> 
 async def _respond(serving: ChatServing | CompletionServing, body: Any, request: Request) -> Any:
     """Prepare (all validation happens here, before any byte is sent), then stream or answer at once."""
     prepared = serving.prepare(body)
+    generation = await open_generation(request, serving.engine, serving.route, prepared.jobs, shape=prepared.shape)
     if body.stream:
-        stream = serving.stream(body, prepared)  # type: ignore[arg-type]
+        stream = serving.stream(body, prepared, generation)  # type: ignore[arg-type]
         return StreamingResponse(stream, media_type="text/event-stream", headers=SSE_HEADERS)
-    return await until_disconnected(request, serving.complete(body, prepared))  # type: ignore[arg-type]
+    return await until_disconnected(request, serving.complete(body, prepared, generation))  # type: ignore[arg-type]
 
 
 @router.post("/v1/chat/completions", response_model=None)

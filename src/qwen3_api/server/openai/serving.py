@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import PurePath
 from typing import TYPE_CHECKING, Any
 
 from qwen3_api.config import Settings
-from qwen3_api.engine.outputs import RequestOutput, TokenLogprob
-from qwen3_api.engine.sampling import SamplingParams
+from qwen3_api.engine.outputs import TokenLogprob
 from qwen3_api.errors import EngineError, InvalidRequestError, ModelNotFoundError, Qwen3APIError
 from qwen3_api.server.errors import openai_error_body
 from qwen3_api.server.openai.params import SamplingDefaults
@@ -53,6 +51,8 @@ def error_event(exc: Exception) -> str:
 class OpenAIServing:
     """Base of the chat and completion services."""
 
+    route = ""  # names the endpoint family in response cache keys
+
     def __init__(self, engine: AsyncEngine, settings: Settings) -> None:
         self.engine = engine
         self.settings = settings
@@ -71,19 +71,6 @@ class OpenAIServing:
     def remaining_tokens(self, prompt_token_ids: list[int]) -> int:
         """Default max_tokens: whatever the context leaves (at least 1, so an overflowing prompt is reported)."""
         return max(1, self.engine.max_model_len - len(prompt_token_ids))
-
-    def streams(
-        self, prompt_token_ids: list[int], params: SamplingParams, n: int
-    ) -> list[AsyncIterator[RequestOutput]]:
-        return self.engine.generate_siblings(prompt_token_ids, params, n)
-
-    async def generate_all(self, prompt_token_ids: list[int], params: SamplingParams, n: int) -> list[FinalOutput]:
-        try:
-            return await self.engine.generate_n(prompt_token_ids, params, n)
-        except Qwen3APIError:
-            raise
-        except Exception as exc:
-            raise EngineError(str(exc) or type(exc).__name__) from exc
 
     def logprob_entries(
         self, token_ids: list[int], logprobs: list[TokenLogprob] | None, stop_reason: object = None

@@ -31,10 +31,12 @@ from qwen3_api.server.openai.protocol import (
     now,
 )
 from qwen3_api.server.openai.serving import OpenAIServing, error_event, generation_defaults, usage_of
+from qwen3_api.server.response_cache import GenerationJob
 from qwen3_api.server.streams import DONE, merge, sse
 
 if TYPE_CHECKING:
     from qwen3_api.engine.async_engine import FinalOutput
+    from qwen3_api.server.cached_generation import Generation
 
 EMPTY_THINK_BLOCK = "<think>\n\n</think>\n\n"
 
@@ -48,6 +50,15 @@ class PreparedChat:
     n: int
     starts_in_reasoning: bool
     parse_tools: bool
+
+    @property
+    def jobs(self) -> list[GenerationJob]:
+        return [GenerationJob(self.prompt_token_ids, self.params, self.n)]
+
+    @property
+    def shape(self) -> dict[str, Any]:
+        """What changes the formatting beyond the prompt and parameters (for the response cache key)."""
+        return {"starts_in_reasoning": self.starts_in_reasoning, "parse_tools": self.parse_tools}
 
 
 @dataclass
@@ -76,6 +87,8 @@ def _template_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:
 
 class ChatServing(OpenAIServing):
     """Chat completions over the shared engine."""
+
+    route = "chat"
 
     def prepare(self, request: ChatCompletionRequest) -> PreparedChat:
         self.check_model(request.model)
@@ -136,8 +149,10 @@ class ChatServing(OpenAIServing):
         return StructuredOutput(kind="json_schema", schema=json.dumps(schema))
 
     # ---- non-streaming -------------------------------------------------------------------------------------
-    async def complete(self, request: ChatCompletionRequest, prepared: PreparedChat) -> ChatCompletion:
-        outputs = await self.generate_all(prepared.prompt_token_ids, prepared.params, prepared.n)
+    async def complete(
+        self, request: ChatCompletionRequest, prepared: PreparedChat, generation: Generation
+    ) -> ChatCompletion:
+        outputs = await generation.outputs()
         choices = [self._choice(i, out, prepared) for i, out in enumerate(outputs)]
         return ChatCompletion(
             id=completion_id("chatcmpl"),
@@ -169,7 +184,9 @@ class ChatServing(OpenAIServing):
         return ChatChoice(index=index, message=message, logprobs=logprobs, finish_reason=finish)
 
     # ---- streaming -----------------------------------------------------------------------------------------
-    async def stream(self, request: ChatCompletionRequest, prepared: PreparedChat) -> AsyncIterator[str]:
+    async def stream(
+        self, request: ChatCompletionRequest, prepared: PreparedChat, generation: Generation
+    ) -> AsyncIterator[str]:
         chunk_id, created = completion_id("chatcmpl"), now()
         states = [
             _ChoiceState(
@@ -186,8 +203,7 @@ class ChatServing(OpenAIServing):
         try:
             for index in range(prepared.n):
                 yield chunk(index, {"role": "assistant", "content": ""})
-            streams = self.streams(prepared.prompt_token_ids, prepared.params, prepared.n)
-            async for index, out in merge(streams):
+            async for index, out in merge(generation.streams()):
                 state = states[index]
                 for event in self._deltas(index, state, out, prepared, chunk):
                     yield event

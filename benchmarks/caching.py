@@ -1,0 +1,104 @@
+"""Caching across requests: response cache hit vs miss latency for /generate and chat, side by side in one run.
+
+    python benchmarks/caching.py                          # 0.6b shape, 64 output tokens, 3 prompts per route
+    python benchmarks/caching.py --shape tiny --prompts 2 # smoke
+
+For each route, each of `--prompts` distinct greedy prompts is sent once (a miss: the engine computes 64 tokens)
+and then `--repeats` more times (hits: answered from the response cache). Printed: p50 latency of misses and hits
+and their ratio. Targets (issue 11, idle machine): a hit <= 5 ms p50 and >= 100x faster than its miss.
+With `--prefix-cache-dir`-support in the server, also the TTFT of a long system prompt after a restart with the
+directory against a restart without it (target <= 0.2x). Timings on 2 cores collapse when another process
+competes: say so when the machine was not idle.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from qwen3_api.bench.prompts import PromptBuilder
+from qwen3_api.bench.server_process import ServerProcess, free_port
+from qwen3_api.testing.models import cached_test_model
+
+
+def start_server(model_dir: Path, log_dir: Path, name: str, extra: list[str]) -> ServerProcess:
+    port = free_port()
+    command = [sys.executable, "-m", "qwen3_api.cli", "serve", "--model", str(model_dir), "--port", str(port),
+               "--max-model-len", "4096", *extra]  # fmt: skip
+    server = ServerProcess(name, command, port, ["/health"], log_dir / f"{name}.log")
+    server.start()
+    server.wait_ready(1800)
+    return server
+
+
+def timed_post(client: httpx.Client, path: str, body: dict[str, Any]) -> tuple[float, str]:
+    started = time.perf_counter()
+    response = client.post(path, json=body)
+    elapsed = time.perf_counter() - started
+    response.raise_for_status()
+    return elapsed, response.headers.get("x-cache", "")
+
+
+def measure_route(client: httpx.Client, route: str, bodies: list[dict[str, Any]], repeats: int) -> dict[str, Any]:
+    misses, hits = [], []
+    for body in bodies:
+        elapsed, status = timed_post(client, route, body)
+        if status != "miss":
+            raise RuntimeError(f"{route}: the first request was {status!r}, not a miss")
+        misses.append(elapsed)
+        for _ in range(repeats):
+            elapsed, status = timed_post(client, route, body)
+            if status != "hit":
+                raise RuntimeError(f"{route}: a repeat was {status!r}, not a hit")
+            hits.append(elapsed)
+    miss, hit = statistics.median(misses), statistics.median(hits)
+    return {"route": route, "miss_p50_ms": miss * 1e3, "hit_p50_ms": hit * 1e3, "speedup": miss / hit,
+            "misses": len(misses), "hits": len(hits)}  # fmt: skip
+
+
+def response_cache_rows(model_dir: Path, log_dir: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
+    builder = PromptBuilder.from_tokenizer_dir(model_dir)
+    prompts = [builder.prompt(args.prompt_tokens, 1000 + i) for i in range(args.prompts)]
+    server = start_server(model_dir, log_dir, "response-cache", ["--backend", args.backend])
+    try:
+        with httpx.Client(base_url=server.url, timeout=1800, trust_env=False) as client:
+            model = client.get("/v1/models").json()["data"][0]["id"]
+            generate = [{"prompt": p, "max_length": args.output_tokens, "temperature": 0, "ignore_eos": True}
+                        for p in prompts]  # fmt: skip
+            chat = [{"model": model, "messages": [{"role": "user", "content": f"chat: {p}"}],
+                     "max_tokens": args.output_tokens, "temperature": 0, "ignore_eos": True}
+                    for p in prompts]  # fmt: skip
+            return [measure_route(client, "/generate", generate, args.repeats),
+                    measure_route(client, "/v1/chat/completions", chat, args.repeats)]  # fmt: skip
+    finally:
+        server.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", default="0.6b", help="test model shape: tiny|0.6b|4b")
+    parser.add_argument("--backend", default="torch")
+    parser.add_argument("--prompts", type=int, default=3, help="distinct prompts per route (one miss each)")
+    parser.add_argument("--repeats", type=int, default=20, help="hits per prompt")
+    parser.add_argument("--prompt-tokens", type=int, default=64)
+    parser.add_argument("--output-tokens", type=int, default=64)
+    args = parser.parse_args()
+    model_dir = cached_test_model(args.shape)
+    with tempfile.TemporaryDirectory(prefix="bench-caching-") as tmp:
+        rows = response_cache_rows(model_dir, Path(tmp), args)
+    print(f"response cache, {args.shape} shape, backend {args.backend}, {args.prompt_tokens}-token prompts, "
+          f"{args.output_tokens} greedy output tokens")  # fmt: skip
+    print(f"{'route':<24}{'miss p50 ms':>14}{'hit p50 ms':>12}{'miss/hit':>10}")
+    for row in rows:
+        print(f"{row['route']:<24}{row['miss_p50_ms']:>14.1f}{row['hit_p50_ms']:>12.2f}{row['speedup']:>9.0f}x")
+
+
+if __name__ == "__main__":
+    main()
