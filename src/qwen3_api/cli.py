@@ -56,6 +56,13 @@ def serve(
         Optional[float], typer.Option(help="response cache budget in MiB (greedy/seeded requests); 0: off [256]")
     ] = None,
     response_cache_ttl: Annotated[Optional[float], typer.Option(help="seconds a cached response lives [3600]")] = None,
+    prefix_cache_dir: Annotated[
+        Optional[Path], typer.Option(help="keep hot prefix KV blocks here across restarts (torch backend)")
+    ] = None,
+    prefix_cache_dir_mb: Annotated[Optional[float], typer.Option(help="MiB of KV blocks kept on disk [2048]")] = None,
+    prefix_cache_save_interval: Annotated[
+        Optional[float], typer.Option(help="seconds between background prefix cache snapshots [300]")
+    ] = None,
 ) -> None:
     """Start the HTTP server; it listens at once and loads the model in the background."""
     import uvicorn
@@ -69,6 +76,8 @@ def serve(
         enable_prefix_caching=enable_prefix_caching, max_num_return_sequences=max_num_return_sequences,
         log_level=log_level,
         response_cache_mb=response_cache_mb, response_cache_ttl=response_cache_ttl,
+        prefix_cache_dir=prefix_cache_dir, prefix_cache_dir_mb=prefix_cache_dir_mb,
+        prefix_cache_save_interval=prefix_cache_save_interval,
     )  # fmt: skip
     configure_logging(settings.log_level)
     server: uvicorn.Server | None = None

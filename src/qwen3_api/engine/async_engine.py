@@ -15,6 +15,7 @@ import threading
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from qwen3_api.engine.core import EngineCore
 from qwen3_api.engine.detokenize import IncrementalDetokenizer
@@ -27,6 +28,9 @@ from qwen3_api.errors import (
     EngineOverloadedError,
     InvalidRequestError,
 )
+
+if TYPE_CHECKING:
+    from qwen3_api.engine.prefix_store import PrefixPersistence
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +89,8 @@ class AsyncEngine:
         self.model_name = model_name
         # What the weights, tokenizer and runtime choices hash to (models.identity); caches key on it.
         self.model_identity = model_identity or model_name
+        # Saves the prefix cache to disk now and then, on the loop thread, and at shutdown (--prefix-cache-dir).
+        self.prefix_persistence: PrefixPersistence | None = None
         self.max_model_len = core.max_model_len
         self.max_queued_requests = max_queued_requests
         self._commands: collections.deque[_Command] = collections.deque()
@@ -108,6 +114,8 @@ class AsyncEngine:
         self._wakeup.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
+        if self.prefix_persistence is not None:
+            self.prefix_persistence.save_now()
         self.core.shutdown()
 
     @property
@@ -240,6 +248,8 @@ class AsyncEngine:
     def _run(self) -> None:
         while not self._stopped.is_set():
             self._drain_commands()
+            if self.prefix_persistence is not None:
+                self.prefix_persistence.maybe_save()
             if not self.core.has_unfinished_requests():
                 self._wakeup.wait(timeout=1.0)
                 self._wakeup.clear()

@@ -7,6 +7,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from qwen3_api.config import Settings
 from qwen3_api.engine.async_engine import AsyncEngine
@@ -15,6 +16,10 @@ from qwen3_api.engine.tokenizer import Tokenizer
 from qwen3_api.errors import ModelLoadError
 from qwen3_api.models.identity import model_identity
 from qwen3_api.models.source import canonical_model_name, resolve_model
+
+if TYPE_CHECKING:
+    from qwen3_api.engine.llm_engine import LLMEngine
+    from qwen3_api.engine.prefix_store import PrefixPersistence
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +122,7 @@ def _load_gguf_engine(settings: Settings, model_name: str, started: float) -> As
     from qwen3_api.models.gguf import read_gguf_metadata, resolve_gguf
 
     path = resolve_gguf(model_name)
+    _check_prefix_cache_dir(settings, "llamacpp")
     settings = llamacpp_settings(settings)
     runtime = choose_runtime(settings, gguf=True)
     logger.info("runtime: %s (%s)", runtime, runtime.reason)
@@ -156,9 +162,15 @@ def load_engine(settings: Settings) -> AsyncEngine:
     max_len = min(settings.max_model_len or model_max_len(model_dir), model_max_len(model_dir))
     device, dtype = torch.device(runtime.device), getattr(torch, runtime.dtype)
     logger.info("loading %s (%s on %s, backend %s)", model_dir, runtime.dtype, runtime.device, runtime.backend)
+    identity = model_identity(
+        model_name, model_dir, backend=runtime.backend, device=runtime.device, dtype=runtime.dtype,
+        quantize=runtime.quantize,
+    )
+    persistence = None
     if runtime.backend == "reference":
         from qwen3_api.executors.reference import ReferenceCore
 
+        _check_prefix_cache_dir(settings, "reference")
         core: EngineCore = ReferenceCore(model_dir, dtype, device, tokenizer.eos_token_ids, max_len)
     else:
         from qwen3_api.engine.llm_engine import build_llm_engine
@@ -166,8 +178,34 @@ def load_engine(settings: Settings) -> AsyncEngine:
         engine = build_llm_engine(settings, model_dir, device, dtype, tokenizer, max_len, runtime.quantize)
         engine.prepare_grammar()
         core = engine
-    identity = model_identity(
-        model_name, model_dir, backend=runtime.backend, device=runtime.device, dtype=runtime.dtype,
-        quantize=runtime.quantize,
-    )
-    return _serving(core, tokenizer, model_name, settings, started, identity)
+        if settings.prefix_cache_dir is not None:
+            persistence = _prefix_persistence(settings, engine, identity, runtime)
+            persistence.restore()
+    serving = _serving(core, tokenizer, model_name, settings, started, identity)
+    serving.prefix_persistence = persistence
+    return serving
+
+
+def _check_prefix_cache_dir(settings: Settings, backend: str) -> None:
+    if settings.prefix_cache_dir is not None:
+        raise ModelLoadError(f"--prefix-cache-dir is supported on the torch backend only, not on {backend}")
+
+
+def _prefix_persistence(
+    settings: Settings, engine: LLMEngine, identity: str, runtime: RuntimeChoice
+) -> PrefixPersistence:
+    """The on-disk prefix cache of `engine`, for `--prefix-cache-dir`."""
+    from qwen3_api.engine.prefix_store import PrefixCacheFormat, PrefixPersistence, PrefixStore
+
+    if not settings.enable_prefix_caching:
+        raise ModelLoadError("--prefix-cache-dir needs prefix caching: drop --no-enable-prefix-caching")
+    runner = engine.runner
+    block_shape = runner.block_shape  # type: ignore[attr-defined]
+    fmt = PrefixCacheFormat(identity, runtime.dtype, runtime.quantize, settings.block_size, tuple(block_shape))
+    block_bytes = runner.kv_bytes_per_token(runner.config, runner.dtype)  # type: ignore[attr-defined]
+    budget = int(settings.prefix_cache_dir_mb * 2**20)
+    store = PrefixStore(settings.prefix_cache_dir, budget, fmt, block_bytes * settings.block_size)  # type: ignore[arg-type]
+    logger.info("prefix cache directory %s: up to %d blocks (%g MiB), saved every %g s and at shutdown",
+                settings.prefix_cache_dir, store.max_blocks, settings.prefix_cache_dir_mb,
+                settings.prefix_cache_save_interval)  # fmt: skip
+    return PrefixPersistence(engine, store, settings.prefix_cache_save_interval)
