@@ -6,8 +6,8 @@
 For each route, each of `--prompts` distinct greedy prompts is sent once (a miss: the engine computes 64 tokens)
 and then `--repeats` more times (hits: answered from the response cache). Printed: p50 latency of misses and hits
 and their ratio. Targets (issue 11, idle machine): a hit <= 5 ms p50 and >= 100x faster than its miss.
-With `--prefix-cache-dir`-support in the server, also the TTFT of a long system prompt after a restart with the
-directory against a restart without it (target <= 0.2x). Timings on 2 cores collapse when another process
+Then the TTFT of a 2,000-token system prompt on a server restarted with `--prefix-cache-dir` (the first server
+wrote it at shutdown) against one started without it (target <= 0.2x). Timings on 2 cores collapse when another process
 competes: say so when the machine was not idle.
 """
 
@@ -81,6 +81,39 @@ def response_cache_rows(model_dir: Path, log_dir: Path, args: argparse.Namespace
         server.stop()
 
 
+def first_token_seconds(server: ServerProcess, system: str, question: str) -> tuple[float, int]:
+    """Latency of a one-token chat answer (prefill + one token: the TTFT) and its cached prompt tokens."""
+    with httpx.Client(base_url=server.url, timeout=3600, trust_env=False) as client:
+        model = client.get("/v1/models").json()["data"][0]["id"]
+        body = {"model": model, "max_tokens": 1, "temperature": 0,
+                "messages": [{"role": "system", "content": system}, {"role": "user", "content": question}]}  # fmt: skip
+        started = time.perf_counter()
+        response = client.post("/v1/chat/completions", json=body)
+        elapsed = time.perf_counter() - started
+        response.raise_for_status()
+        return elapsed, int(response.json()["usage"]["prompt_tokens_details"]["cached_tokens"])
+
+
+def restart_rows(model_dir: Path, log_dir: Path, args: argparse.Namespace) -> list[tuple[str, float, int]]:
+    """TTFT of a long system prompt on a fresh server: restarted with the prefix cache directory, and without."""
+    system = PromptBuilder.from_tokenizer_dir(model_dir).prompt(args.system_tokens, 7)
+    directory = log_dir / "prefixes"
+    common = ["--backend", args.backend, "--response-cache-mb", "0"]
+    rows = []
+    for name, extra, question in (
+        ("first start, cold", ["--prefix-cache-dir", str(directory)], "What is rule one?"),
+        ("restart with --prefix-cache-dir", ["--prefix-cache-dir", str(directory)], "What is rule two?"),
+        ("restart without it", [], "What is rule two?"),
+    ):
+        server = start_server(model_dir, log_dir, name.replace(" ", "-"), [*common, *extra])
+        try:
+            elapsed, cached = first_token_seconds(server, system, question)
+        finally:
+            server.stop(grace_s=300)  # the first one writes its snapshot while it stops
+        rows.append((name, elapsed, cached))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", default="0.6b", help="test model shape: tiny|0.6b|4b")
@@ -89,15 +122,25 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20, help="hits per prompt")
     parser.add_argument("--prompt-tokens", type=int, default=64)
     parser.add_argument("--output-tokens", type=int, default=64)
+    parser.add_argument("--system-tokens", type=int, default=2000, help="system prompt of the restart test")
+    parser.add_argument("--skip-restart", action="store_true", help="only the response cache part")
+    parser.add_argument("--log-dir", type=Path, default=None, help="keep the servers' logs here")
     args = parser.parse_args()
     model_dir = cached_test_model(args.shape)
     with tempfile.TemporaryDirectory(prefix="bench-caching-") as tmp:
-        rows = response_cache_rows(model_dir, Path(tmp), args)
-    print(f"response cache, {args.shape} shape, backend {args.backend}, {args.prompt_tokens}-token prompts, "
-          f"{args.output_tokens} greedy output tokens")  # fmt: skip
-    print(f"{'route':<24}{'miss p50 ms':>14}{'hit p50 ms':>12}{'miss/hit':>10}")
-    for row in rows:
-        print(f"{row['route']:<24}{row['miss_p50_ms']:>14.1f}{row['hit_p50_ms']:>12.2f}{row['speedup']:>9.0f}x")
+        log_dir = args.log_dir or Path(tmp)
+        print(f"response cache, {args.shape} shape, backend {args.backend}, {args.prompt_tokens}-token prompts, "
+              f"{args.output_tokens} greedy output tokens", flush=True)  # fmt: skip
+        print(f"{'route':<24}{'miss p50 ms':>14}{'hit p50 ms':>12}{'miss/hit':>10}")
+        for row in response_cache_rows(model_dir, log_dir, args):
+            print(f"{row['route']:<24}{row['miss_p50_ms']:>14.1f}{row['hit_p50_ms']:>12.2f}{row['speedup']:>9.0f}x")
+        restarts = [] if args.skip_restart else restart_rows(model_dir, log_dir, args)
+    if restarts:
+        print(f"\nTTFT of a {args.system_tokens}-token system prompt on a fresh server (one-token chat answer)")
+        print(f"{'server':<34}{'TTFT s':>10}{'cached tokens':>15}")
+        for name, elapsed, cached in restarts:
+            print(f"{name:<34}{elapsed:>10.2f}{cached:>15}")
+        print(f"with the directory / without: {restarts[1][1] / restarts[2][1]:.3f}x")
 
 
 if __name__ == "__main__":

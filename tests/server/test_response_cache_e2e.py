@@ -179,6 +179,24 @@ def test_sampling_without_seed_bypasses_and_seeded_hits(server: ServerProcess) -
     assert first.json()["generated_texts"] == again.json()["generated_texts"]
 
 
+def test_seeded_hits_on_both_backends(torch_server: ServerProcess) -> None:
+    body = {"model": model_id(torch_server), "prompt": "cache me: any backend", "max_tokens": 6, "temperature": 0.9,
+            "seed": 3}  # fmt: skip
+    first, again = post(torch_server, "/v1/completions", body), post(torch_server, "/v1/completions", body)
+    assert (first.headers["x-cache"], again.headers["x-cache"]) == ("miss", "hit")
+    assert first.json()["choices"] == again.json()["choices"]
+
+
+def test_budget_zero_turns_the_cache_off(tiny_model_dir: Path) -> None:
+    settings = Settings(model=str(tiny_model_dir), backend="torch", response_cache_mb=0, max_model_len=256)
+    with TestClient(create_app(settings)) as client:
+        while client.get("/health").status_code != 200:
+            time.sleep(0.05)
+        statuses = [client.post("/generate", json=greedy("cache me: off")).headers["x-cache"] for _ in range(2)]
+        assert statuses == ["bypass", "bypass"]
+        assert "qwen3_api_response_cache_entries 0.0" in client.get("/metrics").text
+
+
 def test_no_store_keeps_it_out_and_no_cache_refreshes(server: ServerProcess) -> None:
     body = greedy("cache me: no-store")
     assert post(server, "/generate", body, **{"Cache-Control": "no-store"}).headers["x-cache"] == "bypass"
