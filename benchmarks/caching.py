@@ -124,16 +124,19 @@ def main() -> None:
     parser.add_argument("--output-tokens", type=int, default=64)
     parser.add_argument("--system-tokens", type=int, default=2000, help="system prompt of the restart test")
     parser.add_argument("--skip-restart", action="store_true", help="only the response cache part")
+    parser.add_argument("--skip-response-cache", action="store_true", help="only the restart part")
     parser.add_argument("--log-dir", type=Path, default=None, help="keep the servers' logs here")
     args = parser.parse_args()
     model_dir = cached_test_model(args.shape)
     with tempfile.TemporaryDirectory(prefix="bench-caching-") as tmp:
         log_dir = args.log_dir or Path(tmp)
-        print(f"response cache, {args.shape} shape, backend {args.backend}, {args.prompt_tokens}-token prompts, "
-              f"{args.output_tokens} greedy output tokens", flush=True)  # fmt: skip
-        print(f"{'route':<24}{'miss p50 ms':>14}{'hit p50 ms':>12}{'miss/hit':>10}")
-        for row in response_cache_rows(model_dir, log_dir, args):
-            print(f"{row['route']:<24}{row['miss_p50_ms']:>14.1f}{row['hit_p50_ms']:>12.2f}{row['speedup']:>9.0f}x")
+        if not args.skip_response_cache:
+            print(f"response cache, {args.shape} shape, backend {args.backend}, {args.prompt_tokens}-token prompts, "
+                  f"{args.output_tokens} greedy output tokens", flush=True)  # fmt: skip
+            print(f"{'route':<24}{'miss p50 ms':>14}{'hit p50 ms':>12}{'miss/hit':>10}")
+            for row in response_cache_rows(model_dir, log_dir, args):
+                print(f"{row['route']:<24}{row['miss_p50_ms']:>14.1f}{row['hit_p50_ms']:>12.2f}"
+                      f"{row['speedup']:>9.0f}x", flush=True)  # fmt: skip
         restarts = [] if args.skip_restart else restart_rows(model_dir, log_dir, args)
     if restarts:
         print(f"\nTTFT of a {args.system_tokens}-token system prompt on a fresh server (one-token chat answer)")
