@@ -102,6 +102,17 @@ def serve(
     llamacpp_ubatch: Annotated[Optional[int], typer.Option(help="llama.cpp physical batch (tokens)")] = None,
     llamacpp_weight_repack: Annotated[Optional[str], typer.Option(help="auto|on|off")] = None,
     gguf_cache_dir: Annotated[Optional[Path], typer.Option(help="cache of checkpoints converted to GGUF")] = None,
+    response_cache_mb: Annotated[
+        Optional[float], typer.Option(help="response cache budget in MiB (greedy/seeded requests); 0: off [256]")
+    ] = None,
+    response_cache_ttl: Annotated[Optional[float], typer.Option(help="seconds a cached response lives [3600]")] = None,
+    prefix_cache_dir: Annotated[
+        Optional[Path], typer.Option(help="keep hot prefix KV blocks here across restarts (torch backend)")
+    ] = None,
+    prefix_cache_dir_mb: Annotated[Optional[float], typer.Option(help="MiB of KV blocks kept on disk [2048]")] = None,
+    prefix_cache_save_interval: Annotated[
+        Optional[float], typer.Option(help="seconds between background prefix cache snapshots [300]")
+    ] = None,
 ) -> None:
     """Start the HTTP server; it listens at once and loads the model in the background."""
     import uvicorn
@@ -126,6 +137,9 @@ def serve(
         llamacpp_threads=llamacpp_threads, llamacpp_threads_batch=llamacpp_threads_batch,
         llamacpp_ubatch=llamacpp_ubatch, llamacpp_weight_repack=llamacpp_weight_repack,
         gguf_cache_dir=gguf_cache_dir,
+        response_cache_mb=response_cache_mb, response_cache_ttl=response_cache_ttl,
+        prefix_cache_dir=prefix_cache_dir, prefix_cache_dir_mb=prefix_cache_dir_mb,
+        prefix_cache_save_interval=prefix_cache_save_interval,
     )  # fmt: skip
     configure_server_logging(settings.log_level, settings.log_format)
     server: uvicorn.Server | None = None

@@ -90,6 +90,18 @@ class Settings(BaseSettings):
     gguf_cache_dir: Path | None = Field(
         None, description="where checkpoints converted to GGUF are cached; default the user cache dir (qwen3-api/gguf)"
     )
+    # Caching across requests and restarts (issue 11)
+    response_cache_mb: float = Field(
+        256, ge=0, description="response cache budget in MiB of stored responses (greedy or seeded requests); 0: off"
+    )
+    response_cache_ttl: float = Field(3600, gt=0, description="seconds a cached response stays valid")
+    prefix_cache_dir: Path | None = Field(
+        None, description="keep the hottest prefix KV blocks here across restarts (torch backend); off when unset"
+    )
+    prefix_cache_dir_mb: float = Field(2048, gt=0, description="most MiB of KV blocks written to prefix_cache_dir")
+    prefix_cache_save_interval: float = Field(
+        300, gt=0, description="seconds between background snapshots of the prefix cache (also saved at shutdown)"
+    )
 
     @field_validator("model")
     @classmethod

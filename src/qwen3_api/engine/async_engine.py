@@ -40,6 +40,7 @@ from qwen3_api.errors import (
 )
 
 if TYPE_CHECKING:
+    from qwen3_api.engine.prefix_store import PrefixPersistence
     from qwen3_api.engine.structured import StructuredOutput
 
 logger = logging.getLogger(__name__)
@@ -81,11 +82,16 @@ class AsyncEngine:
         model_name: str,
         max_queued_requests: int = 256,
         request_timeout: float | None = None,
+        model_identity: str | None = None,
     ):
         """`request_timeout`: seconds from submission after which a request is aborted (None: no deadline)."""
         self.core = core
         self.tokenizer = tokenizer
         self.model_name = model_name
+        # What the weights, tokenizer and runtime choices hash to (models.identity); caches key on it.
+        self.model_identity = model_identity or model_name
+        # Saves the prefix cache to disk now and then, on the loop thread, and at shutdown (--prefix-cache-dir).
+        self.prefix_persistence: PrefixPersistence | None = None
         self.max_model_len = core.max_model_len
         self.max_queued_requests = max_queued_requests
         self.request_timeout = request_timeout
@@ -133,6 +139,8 @@ class AsyncEngine:
         self._wakeup.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
+        if self.prefix_persistence is not None:
+            self.prefix_persistence.save_now()
         self.core.shutdown()
 
     @property
@@ -277,6 +285,8 @@ class AsyncEngine:
         while not self._stopped.is_set():
             self._drain_commands()
             self._expire_deadlines()
+            if self.prefix_persistence is not None:
+                self.prefix_persistence.maybe_save()
             if not self.core.has_unfinished_requests():
                 self._wakeup.wait(timeout=self._idle_wait())
                 self._wakeup.clear()

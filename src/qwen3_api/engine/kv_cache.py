@@ -91,6 +91,8 @@ class KVCacheManager:
         # Blocks with ref count 0, least recently freed first: allocation takes from the front.
         self._free: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_blocks))
         self._cached: dict[BlockHash, int] = {}
+        self._parents: dict[BlockHash, BlockHash | None] = {}  # each cached block's predecessor in its chain
+        self.num_registrations = 0  # blocks ever registered in the cache: tells a snapshot whether it is stale
         # Per live sequence: chain hashes of its full blocks (computed once, tokens never change), and how many
         # of its leading blocks have already been offered to the cache.
         self._seq_hashes: dict[str, list[BlockHash]] = {}
@@ -202,6 +204,8 @@ class KVCacheManager:
             if self._block_hashes[block_id] is None and block_hash not in self._cached:
                 self._cached[block_hash] = block_id
                 self._block_hashes[block_id] = block_hash
+                self._parents[block_hash] = hashes[index - 1] if index else None
+                self.num_registrations += 1
         self._seq_num_registered[seq.request_id] = num_full
 
     def free(self, seq: Sequence) -> None:
@@ -243,6 +247,8 @@ class KVCacheManager:
         for block_hash, block_id in self._cached.items():
             if self._block_hashes[block_id] != block_hash:
                 raise RuntimeError(f"cache entry for block {block_id} does not match the block's hash")
+        if self._parents.keys() != self._cached.keys():
+            raise RuntimeError("the parent links and the cache index disagree")
         num_hashed = sum(1 for block_hash in self._block_hashes if block_hash is not None)
         if num_hashed != len(self._cached):
             raise RuntimeError(f"{num_hashed} blocks carry a hash but the cache indexes {len(self._cached)}")
@@ -264,6 +270,50 @@ class KVCacheManager:
         block_hash = self._block_hashes[block_id]
         if block_hash is not None:
             del self._cached[block_hash]
+            del self._parents[block_hash]
             self._block_hashes[block_id] = None
         self._ref_counts[block_id] = 1
         return block_id
+
+    # ---- persistence (prefix_store) -------------------------------------------------------------------------
+    def hottest_cached_blocks(self, max_blocks: int) -> list[tuple[BlockHash, BlockHash | None, int]]:
+        """Up to `max_blocks` cached blocks as (hash, parent hash, block id), hottest first, parents before
+        children and every parent included: blocks sequences hold, then idle ones most recently freed first."""
+        held = [b for b, h in enumerate(self._block_hashes) if h is not None and self._ref_counts[b] > 0]
+        candidates = held + [b for b in reversed(self._free) if self._block_hashes[b] is not None]
+        chosen: dict[BlockHash, int] = {}
+        for block_id in candidates:
+            chain: list[BlockHash] = []
+            block_hash = self._block_hashes[block_id]
+            while block_hash is not None and block_hash not in chosen:
+                if block_hash not in self._cached:  # a predecessor was evicted: the chain cannot be hit
+                    chain = []
+                    break
+                chain.append(block_hash)
+                block_hash = self._parents[block_hash]
+            if chain and len(chosen) + len(chain) <= max_blocks:
+                for link in reversed(chain):
+                    chosen[link] = self._cached[link]
+        return [(h, self._parents[h], b) for h, b in chosen.items()]
+
+    def import_cached_blocks(self, blocks: list[tuple[BlockHash, BlockHash | None]]) -> list[int | None]:
+        """Register blocks whose K/V the caller writes: (hash, parent) in parent-first order; returns each one's
+        block id (None when it is already cached or no block is idle). Imported blocks stay idle and evictable,
+        chain heads last."""
+        if not self.enable_prefix_caching:
+            return [None] * len(blocks)
+        assigned: list[int | None] = []
+        for block_hash, parent in blocks:
+            if block_hash in self._cached or not self._free:
+                assigned.append(None)
+                continue
+            block_id = self._pop_free_block()
+            self._ref_counts[block_id] = 0
+            self._cached[block_hash] = block_id
+            self._block_hashes[block_id] = block_hash
+            self._parents[block_hash] = parent
+            assigned.append(block_id)
+        for block_id in reversed(assigned):  # children first into the queue: they are evicted before parents
+            if block_id is not None:
+                self._free[block_id] = None
+        return assigned

@@ -15,6 +15,7 @@ import torch
 from qwen3_api.config import Settings
 from qwen3_api.engine.kv_cache import KVCacheManager
 from qwen3_api.engine.outputs import CoreOutput, FinishReason
+from qwen3_api.engine.prefix_store import PrefixSnapshot
 from qwen3_api.engine.sampling import SamplingParams
 from qwen3_api.engine.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
 from qwen3_api.engine.sequence import Sequence
@@ -121,6 +122,32 @@ class LLMEngine:
 
     def shutdown(self) -> None:
         """Nothing to join: the runner and sampler hold only memory."""
+
+    # ---- prefix cache persistence (engine.prefix_store) ------------------------------------------------------
+    @property
+    def num_kv_blocks(self) -> int:
+        return self.scheduler.kv_cache.num_blocks
+
+    def prefix_cache_version(self) -> int:
+        """Changes whenever a block enters the prefix cache."""
+        return self.scheduler.kv_cache.num_registrations
+
+    def export_prefix_cache(self, max_blocks: int) -> PrefixSnapshot:
+        """The hottest cached blocks (parents first) with a copy of their K/V."""
+        blocks = self.scheduler.kv_cache.hottest_cached_blocks(max_blocks)
+        kv = self.runner.read_blocks([b for _, _, b in blocks])  # type: ignore[attr-defined]
+        return PrefixSnapshot([h for h, _, _ in blocks], [p for _, p, _ in blocks], kv)
+
+    def import_prefix_cache(self, snapshot: PrefixSnapshot) -> int:
+        """Put stored blocks into the prefix cache (before serving); how many were taken."""
+        blocks = list(zip(snapshot.hashes, snapshot.parents, strict=True))
+        assigned = self.scheduler.kv_cache.import_cached_blocks(blocks)
+        taken = [(i, b) for i, b in enumerate(assigned) if b is not None]
+        if taken:
+            rows = torch.tensor([i for i, _ in taken], dtype=torch.long)
+            kv = snapshot.kv.index_select(2, rows)
+            self.runner.write_blocks([b for _, b in taken], kv)  # type: ignore[attr-defined]
+        return len(taken)
 
     @torch.inference_mode()
     def step(self) -> list[CoreOutput]:

@@ -8,14 +8,20 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from qwen3_api.config import Settings
 from qwen3_api.engine.async_engine import AsyncEngine
 from qwen3_api.engine.core import EngineCore
 from qwen3_api.engine.tokenizer import Tokenizer
 from qwen3_api.errors import ModelLoadError
+from qwen3_api.models.identity import model_identity
 from qwen3_api.models.source import canonical_model_name, resolve_model
 from qwen3_api.testing.faults import Faults, split_faults
+
+if TYPE_CHECKING:
+    from qwen3_api.engine.llm_engine import LLMEngine
+    from qwen3_api.engine.prefix_store import PrefixPersistence
 
 logger = logging.getLogger(__name__)
 
@@ -238,6 +244,7 @@ def _serve_gguf(
     from qwen3_api.executors.llamacpp_runner import build_llamacpp_engine
     from qwen3_api.models.gguf import read_gguf_metadata
 
+    _check_prefix_cache_dir(settings, "llamacpp")
     settings = llamacpp_settings(settings)
     metadata = read_gguf_metadata(path)
     tokenizer = tokenizer or Tokenizer.from_gguf(path, metadata)
@@ -250,7 +257,8 @@ def _serve_gguf(
     )  # fmt: skip
     core = build_llamacpp_engine(settings, path, tokenizer, plan.max_model_len, kv_cells=plan.cells)
     core.prepare_grammar()
-    return _serving(core, tokenizer, model_name, settings, started, faults)
+    identity = model_identity(model_name, path, backend="llamacpp")
+    return _serving(core, tokenizer, model_name, settings, started, identity, faults)
 
 
 def _serving(
@@ -259,6 +267,7 @@ def _serving(
     model_name: str,
     settings: Settings,
     started: float,
+    identity: str,
     faults: Faults | None = None,
 ) -> AsyncEngine:
     """The loaded core behind its asyncio front, with the load time logged."""
@@ -273,7 +282,7 @@ def _serving(
         core.runner = FaultInjectingRunner(runner, faults)  # type: ignore[attr-defined]
     return AsyncEngine(
         core, tokenizer, model_name, max_queued_requests=settings.max_queued_requests,
-        request_timeout=settings.request_timeout or None,
+        request_timeout=settings.request_timeout or None, model_identity=identity,
     )  # fmt: skip
 
 
@@ -301,9 +310,15 @@ def load_engine(settings: Settings) -> AsyncEngine:
     max_len = min(settings.max_model_len or model_max_len(model_dir), model_max_len(model_dir))
     device, dtype = torch.device(runtime.device), getattr(torch, runtime.dtype)
     logger.info("loading %s (%s on %s, backend %s)", model_dir, runtime.dtype, runtime.device, runtime.backend)
+    identity = model_identity(
+        model_name, model_dir, backend=runtime.backend, device=runtime.device, dtype=runtime.dtype,
+        quantize=runtime.quantize,
+    )
+    persistence = None
     if runtime.backend == "reference":
         from qwen3_api.executors.reference import ReferenceCore
 
+        _check_prefix_cache_dir(settings, "reference")
         core: EngineCore = ReferenceCore(model_dir, dtype, device, tokenizer.eos_token_ids, max_len)
     else:
         from qwen3_api.engine.llm_engine import build_llm_engine
@@ -311,4 +326,34 @@ def load_engine(settings: Settings) -> AsyncEngine:
         engine = build_llm_engine(settings, model_dir, device, dtype, tokenizer, max_len, runtime.quantize)
         engine.prepare_grammar()
         core = engine
-    return _serving(core, tokenizer, model_name, settings, started, faults)
+        if settings.prefix_cache_dir is not None:
+            persistence = _prefix_persistence(settings, engine, identity, runtime)
+            persistence.restore()
+    serving = _serving(core, tokenizer, model_name, settings, started, identity, faults)
+    serving.prefix_persistence = persistence
+    return serving
+
+
+def _check_prefix_cache_dir(settings: Settings, backend: str) -> None:
+    if settings.prefix_cache_dir is not None:
+        raise ModelLoadError(f"--prefix-cache-dir is supported on the torch backend only, not on {backend}")
+
+
+def _prefix_persistence(
+    settings: Settings, engine: LLMEngine, identity: str, runtime: RuntimeChoice
+) -> PrefixPersistence:
+    """The on-disk prefix cache of `engine`, for `--prefix-cache-dir`."""
+    from qwen3_api.engine.prefix_store import PrefixCacheFormat, PrefixPersistence, PrefixStore
+
+    if not settings.enable_prefix_caching:
+        raise ModelLoadError("--prefix-cache-dir needs prefix caching: drop --no-enable-prefix-caching")
+    runner = engine.runner
+    block_shape = runner.block_shape  # type: ignore[attr-defined]
+    fmt = PrefixCacheFormat(identity, runtime.dtype, runtime.quantize, settings.block_size, tuple(block_shape))
+    block_bytes = runner.kv_bytes_per_token(runner.config, runner.dtype)  # type: ignore[attr-defined]
+    budget = int(settings.prefix_cache_dir_mb * 2**20)
+    store = PrefixStore(settings.prefix_cache_dir, budget, fmt, block_bytes * settings.block_size)  # type: ignore[arg-type]
+    logger.info("prefix cache directory %s: up to %d blocks (%g MiB), saved every %g s and at shutdown",
+                settings.prefix_cache_dir, store.max_blocks, settings.prefix_cache_dir_mb,
+                settings.prefix_cache_save_interval)  # fmt: skip
+    return PrefixPersistence(engine, store, settings.prefix_cache_save_interval)

@@ -86,6 +86,22 @@ class TorchModelRunner:
     def release(self, request_ids: Iterable[str]) -> None:
         """Nothing to forget: a sequence's KV lives in blocks the scheduler owns."""
 
+    def read_blocks(self, block_ids: list[int]) -> torch.Tensor:
+        """A CPU copy of these blocks' K/V, `[num_layers, 2, len(block_ids), block_size, Hkv, D]`."""
+        index = torch.tensor(block_ids, dtype=torch.long, device=self.device)
+        return self.kv_cache.data.index_select(2, index).cpu()
+
+    def write_blocks(self, block_ids: list[int], kv: torch.Tensor) -> None:
+        """Overwrite these blocks' K/V with `kv`, shaped as `read_blocks` returns it."""
+        index = torch.tensor(block_ids, dtype=torch.long, device=self.device)
+        self.kv_cache.data.index_copy_(2, index, kv.to(self.device, self.dtype))
+
+    @property
+    def block_shape(self) -> tuple[int, ...]:
+        """The K/V shape of one block across all layers, with the block dimension left out."""
+        layers, two, _, block_size, heads, head_dim = self.kv_cache.data.shape
+        return (layers, two, block_size, heads, head_dim)
+
     def forward(self, batch: list[BatchEntry]) -> torch.Tensor:
         """Compute the batch's new tokens, store their K/V, and return float32 logits
         [entries with need_logits, vocab] for the last new token of each such entry, in batch order."""

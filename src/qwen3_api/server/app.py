@@ -21,9 +21,11 @@ from qwen3_api.server.admission import Admission
 from qwen3_api.server.anthropic import router as anthropic_router
 from qwen3_api.server.auth import APIKeyMiddleware, load_api_keys
 from qwen3_api.server.body_limit import BodyLimitMiddleware
+from qwen3_api.server.cached_generation import ResponseCacheMiddleware
 from qwen3_api.server.errors import install_error_handlers
 from qwen3_api.server.openai import router as openai_router
 from qwen3_api.server.playground import install_playground
+from qwen3_api.server.response_cache import ResponseCache
 from qwen3_api.server.state import ServerState
 
 if TYPE_CHECKING:
@@ -73,6 +75,15 @@ def _load_in_background(
         loop.call_soon_threadsafe(on_failure)
 
 
+def _response_cache(settings: Settings) -> ResponseCache:
+    cache = ResponseCache(int(settings.response_cache_mb * 2**20), settings.response_cache_ttl)
+    if cache.enabled:
+        logger.info("response cache: %g MiB, TTL %g s", settings.response_cache_mb, settings.response_cache_ttl)
+    else:
+        logger.info("response cache: off (--response-cache-mb 0)")
+    return cache
+
+
 def create_app(
     settings: Settings,
     loader: EngineLoader = _default_loader,
@@ -102,8 +113,11 @@ def create_app(
 
     app = FastAPI(title="Qwen3-4B API", version=__version__, lifespan=lifespan)
     app.state.server = state
+    app.state.response_cache = _response_cache(settings)
     app.state.metrics = metrics.ServerMetrics(state)
+    app.state.metrics.registry.register(metrics.ResponseCacheCollector(app.state.response_cache))
     install_error_handlers(app)
+    app.add_middleware(ResponseCacheMiddleware)
 
     @app.middleware("http")
     async def count_requests(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:

@@ -11,6 +11,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from qwen3_api.server.request_context import RequestRecord
+from qwen3_api.server.response_cache import ResponseCache
 from qwen3_api.server.state import ServerState
 
 router = APIRouter()
@@ -57,6 +58,29 @@ class EngineCollector(Collector):
         for name, help_text in ENGINE_COUNTERS.items():
             if name in stats:
                 yield CounterMetricFamily(f"qwen3_api_engine_{name}", help_text, value=stats[name])
+
+
+class ResponseCacheCollector(Collector):
+    """The response cache's counters and size, read when Prometheus scrapes."""
+
+    def __init__(self, cache: ResponseCache) -> None:
+        self.cache = cache
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        prefix = "qwen3_api_response_cache"
+        cache = self.cache
+        yield CounterMetricFamily(f"{prefix}_hits", "Generation requests answered from the response cache "
+                                  "(including those that waited for an identical one)", value=cache.hits)  # fmt: skip
+        yield CounterMetricFamily(f"{prefix}_misses", "Cacheable generation requests computed", value=cache.misses)
+        yield CounterMetricFamily(
+            f"{prefix}_bypass", "Generation requests not looked up (not deterministic, or Cache-Control)",
+            value=cache.bypasses,
+        )  # fmt: skip
+        yield GaugeMetricFamily(f"{prefix}_bytes", "Bytes of stored responses", value=cache.bytes)
+        yield GaugeMetricFamily(f"{prefix}_entries", "Stored responses", value=cache.num_entries)
+        yield GaugeMetricFamily(
+            f"{prefix}_waiting", "Requests waiting for an identical request in flight", value=cache.waiting
+        )
 
 
 class ServerMetrics:

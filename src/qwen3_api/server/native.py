@@ -18,6 +18,7 @@ from qwen3_api.engine.sampling import SamplingParams
 from qwen3_api.engine.thinking import ThinkingBudget
 from qwen3_api.errors import EngineDeadError, InvalidRequestError, ModelNotReadyError, ServerShuttingDownError
 from qwen3_api.server.admission import Admission, admission
+from qwen3_api.server.cached_generation import open_generation
 from qwen3_api.server.disconnect import until_disconnected
 from qwen3_api.server.errors import client_message
 from qwen3_api.server.native_protocol import (
@@ -27,9 +28,9 @@ from qwen3_api.server.native_protocol import (
     HealthResponse,
     RootResponse,
 )
-from qwen3_api.server.request_context import current_request_id, observe
+from qwen3_api.server.response_cache import GenerationJob
 from qwen3_api.server.state import ServerState, ready_engine, server_state
-from qwen3_api.server.streams import DONE, collect_all, merge, sse
+from qwen3_api.server.streams import DONE, merge, sse
 
 logger = logging.getLogger(__name__)
 router = APIRouter()
@@ -116,11 +117,13 @@ async def generate(
     prompt_ids, thinking = await asyncio.to_thread(_prompt_and_budget, engine, request)
     params = to_sampling_params(request, thinking)
     n = request.num_return_sequences
-    streams = engine.generate_siblings(prompt_ids, params, n, "max_length", request_id=current_request_id())
+    engine.check_request(prompt_ids, params, "max_length")
     admit.admit(n)  # 503 now, before any byte of a stream is sent
+    jobs = [GenerationJob(prompt_ids, params, n)]
+    generation = await open_generation(http_request, engine, "generate", jobs, "max_length")
     if request.stream:
-        return StreamingResponse(_stream_events(observe(streams)), media_type="text/event-stream")
-    outputs = await until_disconnected(http_request, collect_all(observe(streams)))
+        return StreamingResponse(_stream_events(generation.streams()), media_type="text/event-stream")
+    outputs = await until_disconnected(http_request, generation.outputs())
     return GenerateResponse(generated_texts=[o.text for o in outputs], parameters=used_parameters(request, params))
 
 

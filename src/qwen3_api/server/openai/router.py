@@ -12,6 +12,7 @@ from qwen3_api.engine.async_engine import AsyncEngine
 from qwen3_api.engine.structured import StructuredOutput
 from qwen3_api.errors import InvalidRequestError
 from qwen3_api.server.admission import Admission, admission
+from qwen3_api.server.cached_generation import open_generation
 from qwen3_api.server.disconnect import until_disconnected
 from qwen3_api.server.openai.protocol import (
     ChatCompletion,
@@ -52,10 +53,12 @@ async def _respond(
     for grammar in serving.grammars(prepared):  # type: ignore[arg-type]
         await compile_grammar(serving.engine, grammar, serving.settings.grammar_compile_timeout)
     admit.admit(serving.num_sequences(prepared))  # type: ignore[arg-type]
+    jobs, shape = prepared.jobs, prepared.shape  # type: ignore[union-attr]
+    generation = await open_generation(request, serving.engine, serving.route, jobs, shape=shape)
     if body.stream:
-        stream = serving.stream(body, prepared)  # type: ignore[arg-type]
+        stream = serving.stream(body, prepared, generation)  # type: ignore[arg-type]
         return StreamingResponse(stream, media_type="text/event-stream", headers=SSE_HEADERS)
-    return await until_disconnected(request, serving.complete(body, prepared))  # type: ignore[arg-type]
+    return await until_disconnected(request, serving.complete(body, prepared, generation))  # type: ignore[arg-type]
 
 
 async def compile_grammar(engine: AsyncEngine, grammar: StructuredOutput, timeout: float) -> None:

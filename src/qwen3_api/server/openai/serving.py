@@ -65,6 +65,8 @@ def error_event(exc: Exception) -> str:
 class OpenAIServing:
     """Base of the chat and completion services."""
 
+    route = ""  # names the endpoint family in response cache keys
+
     def __init__(self, engine: AsyncEngine, settings: Settings) -> None:
         self.engine = engine
         self.settings = settings

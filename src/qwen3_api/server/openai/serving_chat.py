@@ -34,10 +34,12 @@ from qwen3_api.server.openai.protocol import (
     now,
 )
 from qwen3_api.server.openai.serving import OpenAIServing, error_event, generation_defaults, log_user, usage_of
+from qwen3_api.server.response_cache import GenerationJob
 from qwen3_api.server.streams import DONE, merge, sse
 
 if TYPE_CHECKING:
     from qwen3_api.engine.async_engine import FinalOutput
+    from qwen3_api.server.cached_generation import Generation
 
 EMPTY_THINK_BLOCK = "<think>\n\n</think>\n\n"
 logger = logging.getLogger(__name__)
@@ -53,6 +55,15 @@ class PreparedChat:
     starts_in_reasoning: bool
     parse_tools: bool
     max_tool_calls: int | None = None  # 1 with parallel_tool_calls false: later calls are dropped
+
+    @property
+    def jobs(self) -> list[GenerationJob]:
+        return [GenerationJob(self.prompt_token_ids, self.params, self.n)]
+
+    @property
+    def shape(self) -> dict[str, Any]:
+        """What changes the formatting beyond the prompt and parameters (for the response cache key)."""
+        return {"starts_in_reasoning": self.starts_in_reasoning, "parse_tools": self.parse_tools}
 
 
 @dataclass
@@ -130,6 +141,8 @@ def _template_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:
 
 class ChatServing(OpenAIServing):
     """Chat completions over the shared engine."""
+
+    route = "chat"
 
     def prepare(self, request: ChatCompletionRequest) -> PreparedChat:
         self.check_model(request.model)
@@ -249,10 +262,12 @@ class ChatServing(OpenAIServing):
         return StructuredOutput(kind="json_schema", schema=json.dumps(schema))
 
     # ---- non-streaming -------------------------------------------------------------------------------------
-    async def complete(self, request: ChatCompletionRequest, prepared: PreparedChat) -> ChatCompletion:
+    async def complete(
+        self, request: ChatCompletionRequest, prepared: PreparedChat, generation: Generation
+    ) -> ChatCompletion:
         response_id = completion_id("chatcmpl")
         log_user(response_id, request.user)
-        outputs = await self.generate_all(prepared.prompt_token_ids, prepared.params, prepared.n)
+        outputs = await generation.outputs()
         choices = [self.choice(i, out, prepared, response_id) for i, out in enumerate(outputs)]
         return ChatCompletion(
             id=response_id,
@@ -288,7 +303,9 @@ class ChatServing(OpenAIServing):
         return ChatChoice(index=index, message=message, logprobs=logprobs, finish_reason=finish)
 
     # ---- streaming -----------------------------------------------------------------------------------------
-    async def stream(self, request: ChatCompletionRequest, prepared: PreparedChat) -> AsyncIterator[str]:
+    async def stream(
+        self, request: ChatCompletionRequest, prepared: PreparedChat, generation: Generation
+    ) -> AsyncIterator[str]:
         chunk_id, created = completion_id("chatcmpl"), now()
         log_user(chunk_id, request.user)
         states = [ChoiceState.of(prepared) for _ in range(prepared.n)]
@@ -301,8 +318,7 @@ class ChatServing(OpenAIServing):
         try:
             for index in range(prepared.n):
                 yield chunk(index, {"role": "assistant", "content": ""})
-            streams = self.streams(prepared.prompt_token_ids, prepared.params, prepared.n)
-            async for index, out in merge(streams):
+            async for index, out in merge(generation.streams()):
                 state = states[index]
                 for event in self._deltas(index, state, out, prepared, chunk):
                     yield event

@@ -20,10 +20,12 @@ from qwen3_api.server.openai.protocol import (
     now,
 )
 from qwen3_api.server.openai.serving import OpenAIServing, error_event, generation_defaults, log_user
-from qwen3_api.server.streams import DONE, collect_all, merge, sse
+from qwen3_api.server.response_cache import GenerationJob
+from qwen3_api.server.streams import DONE, merge, sse
 
 if TYPE_CHECKING:
     from qwen3_api.engine.async_engine import FinalOutput
+    from qwen3_api.server.cached_generation import Generation
 
 
 @dataclass(frozen=True)
@@ -32,10 +34,23 @@ class PreparedCompletion:
     prompt_texts: list[str]
     params_per_prompt: list[SamplingParams]
     n: int
+    echo: bool = False
+
+    @property
+    def jobs(self) -> list[GenerationJob]:
+        pairs = zip(self.prompts, self.params_per_prompt, strict=True)
+        return [GenerationJob(prompt, params, self.n) for prompt, params in pairs]
+
+    @property
+    def shape(self) -> dict[str, Any]:
+        """What changes the formatting beyond the prompts and parameters (for the response cache key)."""
+        return {"echo": self.echo}
 
 
 class CompletionServing(OpenAIServing):
     """Text completions over the shared engine."""
+
+    route = "completions"
 
     def prepare(self, request: CompletionRequest) -> PreparedCompletion:
         self.check_model(request.model)
@@ -61,7 +76,7 @@ class CompletionServing(OpenAIServing):
             self.engine.check_request(prompt_ids, params, "max_tokens")
             params_list.append(params)
         texts = [tokenizer.decode(p, skip_special_tokens=False) if request.echo else "" for p in prompts]
-        return PreparedCompletion(prompts, texts, params_list, request.n)
+        return PreparedCompletion(prompts, texts, params_list, request.n, request.echo)
 
     @staticmethod
     def grammars(prepared: PreparedCompletion) -> list[StructuredOutput]:
@@ -73,17 +88,13 @@ class CompletionServing(OpenAIServing):
         """Engine sequences the request takes (its admission cost)."""
         return len(prepared.prompts) * prepared.n
 
-    def _all_streams(self, prepared: PreparedCompletion) -> list[AsyncIterator[Any]]:
-        streams = []
-        for prompt_ids, params in zip(prepared.prompts, prepared.params_per_prompt, strict=True):
-            streams.extend(self.streams(prompt_ids, params, prepared.n))
-        return streams
-
-    async def complete(self, request: CompletionRequest, prepared: PreparedCompletion) -> Completion:
+    async def complete(
+        self, request: CompletionRequest, prepared: PreparedCompletion, generation: Generation
+    ) -> Completion:
         response_id = completion_id("cmpl")
         log_user(response_id, request.user)
         # Every prompt's sequences are submitted together, so they share engine steps.
-        outputs: list[FinalOutput] = await collect_all(self._all_streams(prepared))
+        outputs: list[FinalOutput] = await generation.outputs()
         choices = []
         for index, out in enumerate(outputs):
             echo = prepared.prompt_texts[index // prepared.n]
@@ -120,7 +131,9 @@ class CompletionServing(OpenAIServing):
             "text_offset": offsets,
         }
 
-    async def stream(self, request: CompletionRequest, prepared: PreparedCompletion) -> AsyncIterator[str]:
+    async def stream(
+        self, request: CompletionRequest, prepared: PreparedCompletion, generation: Generation
+    ) -> AsyncIterator[str]:
         chunk_id, created = completion_id("cmpl"), now()
         log_user(chunk_id, request.user)
         base = {"id": chunk_id, "object": "text_completion", "created": created, "model": request.model}
@@ -132,7 +145,7 @@ class CompletionServing(OpenAIServing):
                     if echo:
                         yield sse({**base, "choices": [{"index": index * prepared.n + j, "text": echo,
                                                         "logprobs": None, "finish_reason": None}]})  # fmt: skip
-            async for index, out in merge(self._all_streams(prepared)):
+            async for index, out in merge(generation.streams()):
                 completion_tokens[index] = out.completion_tokens
                 cached[index] = out.cached_tokens
                 logprobs = None

@@ -12,7 +12,7 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
@@ -49,6 +49,10 @@ from qwen3_api.server.openai.serving_chat import (
     log_invalid_tool_calls,
     parse_delta,
 )
+from qwen3_api.server.response_cache import GenerationJob
+
+if TYPE_CHECKING:
+    from qwen3_api.server.cached_generation import Generation
 
 logger = logging.getLogger(__name__)
 
@@ -71,9 +75,20 @@ class PreparedResponse:
     response_id: str
     created_at: int
 
+    @property
+    def jobs(self) -> list[GenerationJob]:
+        return self.chat.jobs
+
+    @property
+    def shape(self) -> dict[str, Any]:
+        """What changes the formatting beyond the prompt and parameters (for the response cache key)."""
+        return self.chat.shape
+
 
 class ResponsesServing(OpenAIServing):
     """The Responses API over the shared engine."""
+
+    route = "responses"
 
     def __init__(self, engine: AsyncEngine, settings: Settings, store: ResponseStore) -> None:
         super().__init__(engine, settings)
@@ -183,10 +198,12 @@ class ResponsesServing(OpenAIServing):
             self.store.put(prepared.response_id, StoredResponse(response, history))
 
     # ---- non-streaming -------------------------------------------------------------------------------------
-    async def complete(self, request: ResponsesRequest, prepared: PreparedResponse) -> dict[str, Any]:
+    async def complete(
+        self, request: ResponsesRequest, prepared: PreparedResponse, generation: Generation
+    ) -> dict[str, Any]:
         log_user(prepared.response_id, request.user)
         chat = prepared.chat
-        out = (await self.chat.generate_all(chat.prompt_token_ids, chat.params, 1))[0]
+        out = (await generation.outputs())[0]
         message = self.chat.choice(0, out, chat, prepared.response_id).message
         status = "incomplete" if out.finish_reason is FinishReason.LENGTH else "completed"
         items = output_items(message.reasoning_content, message.content, message.tool_calls or [], status)
@@ -198,7 +215,9 @@ class ResponsesServing(OpenAIServing):
         return response
 
     # ---- streaming -----------------------------------------------------------------------------------------
-    async def stream(self, request: ResponsesRequest, prepared: PreparedResponse) -> AsyncIterator[str]:
+    async def stream(
+        self, request: ResponsesRequest, prepared: PreparedResponse, generation: Generation
+    ) -> AsyncIterator[str]:
         log_user(prepared.response_id, request.user)
         events = _Events()
         started = self.response_object(request, prepared, "in_progress", [], None)
@@ -211,7 +230,7 @@ class ResponsesServing(OpenAIServing):
         cached = 0
         finish: FinishReason | None = None
         try:
-            async for out in self.chat.streams(chat.prompt_token_ids, chat.params, 1)[0]:
+            async for out in generation.streams()[0]:
                 token_ids.extend(out.new_token_ids)
                 cached = out.cached_tokens
                 for event in output.feed(parse_delta(state, out)):
