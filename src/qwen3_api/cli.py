@@ -168,7 +168,13 @@ def serve(
     )  # fmt: skip
     server = GracefulServer(config, application.state.server, settings.shutdown_timeout)
     server.run()
-    if application.state.server.load_error or engine_died:
+    if engine_died:
+        # Skip interpreter finalization: with a broken engine it can hang (daemon threads, C extensions' teardown),
+        # and the watchdog's daemon thread is frozen once finalization starts.
+        logging.shutdown()
+        sys.stderr.flush()
+        os._exit(1)
+    if application.state.server.load_error:
         raise typer.Exit(1)
 
 

@@ -101,10 +101,10 @@ def test_a_seed_the_generator_rejects_fails_only_that_request(tiny_model_dir: Pa
         engine = AsyncEngine(make_engine(tiny_model_dir, tokenizer), tokenizer, "tiny")
         engine.start(asyncio.get_running_loop())
         try:
-            seeds = [1, 2**64, None]  # 2**64 is past what torch.Generator.manual_seed takes
-            runs = [engine.collect(engine.generate(PROMPT, SamplingParams(max_tokens=12, temperature=1.0,
-                                                                          ignore_eos=True, seed=s)))
-                    for s in seeds]  # fmt: skip
+            params = [SamplingParams(max_tokens=12, temperature=1.0, ignore_eos=True, seed=s) for s in (1, 0, None)]
+            # Past what torch.Generator.manual_seed takes; set after validation, as a value the API let through.
+            object.__setattr__(params[1], "seed", 2**64)
+            runs = [engine.collect(engine.generate(PROMPT, p)) for p in params]
             return list(await asyncio.gather(*runs, return_exceptions=True)), engine
         finally:
             await asyncio.to_thread(engine.shutdown)

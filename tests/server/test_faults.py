@@ -18,7 +18,7 @@ from tests.conftest import ServerProcess, start_server, stop_server
 from tests.server.engine_gauges import DIE_TOKEN, FAIL_TOKEN, NAN_TOKEN, is_idle, sse_events, wait_for
 from tests.server.test_disconnect import slow_server  # noqa: F401 - the shared slow fault-injecting servers
 
-NORMAL = {"prompt": [9707, 11, 1879], "max_tokens": 60, "ignore_eos": True, "temperature": 1.0}
+NORMAL = {"prompt": [9707, 11, 1879], "max_tokens": 40, "ignore_eos": True, "temperature": 1.0}
 
 
 def model_of(server: ServerProcess) -> str:
@@ -26,7 +26,8 @@ def model_of(server: ServerProcess) -> str:
 
 
 def complete(server: ServerProcess, body: dict) -> requests.Response:
-    return requests.post(f"{server.url}/v1/completions", json={"model": model_of(server), **body}, timeout=120)
+    # A loaded 2-core machine can stall llama.cpp's threads for minutes: a long read timeout, the test is not timed.
+    return requests.post(f"{server.url}/v1/completions", json={"model": model_of(server), **body}, timeout=600)
 
 
 def test_a_request_with_nan_logits_fails_alone(slow_server: ServerProcess) -> None:  # noqa: F811
@@ -41,7 +42,7 @@ def test_a_request_with_nan_logits_fails_alone(slow_server: ServerProcess) -> No
     assert bad.json()["error"]["message"] == "Generation failed: the model produced no finite logit for this request"
     for response in results:
         assert response.status_code == 200, response.text
-        assert response.json()["usage"]["completion_tokens"] == 60
+        assert response.json()["usage"]["completion_tokens"] == 40
     assert is_idle(wait_for(slow_server, is_idle, 5))
 
 
