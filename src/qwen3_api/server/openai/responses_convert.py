@@ -100,19 +100,20 @@ def to_chat_request(request: ResponsesRequest, history: list[ChatMessage]) -> Ch
     tool_choice: Any = request.tool_choice
     if isinstance(tool_choice, FunctionToolChoice):
         tool_choice = NamedToolChoice(type="function", function=NamedFunction(name=tool_choice.name))
-    return ChatCompletionRequest(
-        model=request.model,
-        messages=messages,
-        max_completion_tokens=request.max_output_tokens,
-        temperature=request.temperature,
-        top_p=request.top_p,
-        user=request.user,
-        tools=tools,
-        tool_choice=tool_choice,
-        parallel_tool_calls=request.parallel_calls,
-        response_format=_response_format(request),
-        enable_thinking=thinking_for_effort(request.reasoning.effort if request.reasoning else None),
-    )
+    fields = {
+        "model": request.model,
+        "messages": messages,
+        "max_completion_tokens": request.max_output_tokens,
+        "temperature": request.temperature,
+        "top_p": request.top_p,
+        "user": request.user,
+        "tools": tools,
+        "tool_choice": tool_choice,
+        "parallel_tool_calls": request.parallel_calls,
+        "response_format": _response_format(request),
+        "enable_thinking": thinking_for_effort(request.reasoning.effort if request.reasoning else None),
+    }
+    return ChatCompletionRequest.model_validate(fields)
 
 
 def _response_format(request: ResponsesRequest) -> ResponseFormat | None:
