@@ -183,3 +183,20 @@ def test_truncate_forgets_tokens_and_drops_their_cells() -> None:
     assert p.truncate("a", 1) == SlotOp("trim", seq, 1)
     slot = p.slot_of("a")
     assert slot is not None and slot.tokens == [1]
+
+
+def test_a_shared_pool_evicts_retained_slots_least_recent_first_until_the_batch_fits() -> None:
+    p = pool(3)
+    p.assign(["a", "b", "c"])
+    seq_ids = {}
+    for request_id, n in (("a", 100), ("b", 50), ("c", 30)):
+        p.record(request_id, 0, list(range(n)))
+        seq_ids[request_id] = p.slot_of(request_id).seq_id  # type: ignore[union-attr]
+    p.release("a")
+    p.release("b")
+    # 180 tokens held; at most 100 may stay: "a" (released first) goes, which is enough.
+    assert p.evict_retained(100) == [SlotOp("trim", seq_ids["a"], 0)]
+    assert p.num_retained == 1 and p.num_free == 2
+    assert p.evict_retained(1000) == []
+    # Live slots are never evicted: only "b" can go.
+    assert p.evict_retained(0) == [SlotOp("trim", seq_ids["b"], 0)] and p.num_retained == 0

@@ -33,6 +33,7 @@ from qwen3_api.engine.llm_engine import LLMEngine, assemble_engine
 from qwen3_api.engine.sequence import Sequence
 from qwen3_api.engine.tokenizer import Tokenizer
 from qwen3_api.errors import EngineError, ModelLoadError
+from qwen3_api.executors.llamacpp_options import flash_attention_for, resolve_weight_repack
 from qwen3_api.executors.model_runner import BatchEntry
 from qwen3_api.executors.slot_pool import SlotOp, SlotPool
 
@@ -46,7 +47,6 @@ _GGML_TYPES = {"f32": 0, "f16": 1, "q8_0": 8}  # enum ggml_type
 KV_BYTES_PER_ELEMENT = {"f32": 4.0, "f16": 2.0, "q8_0": 34 / 32}
 _LLAMA_FLASH_ATTN_TYPE_DISABLED = 0
 _LLAMA_FLASH_ATTN_TYPE_ENABLED = 1
-WEIGHT_REPACK_MODES = ("auto", "on", "off")
 
 
 def _forward_llama_log(level: int, text: bytes | None, _user_data: ctypes.c_void_p) -> None:
@@ -68,28 +68,6 @@ def _init_llama_backend() -> None:
     _log_callback = llama_cpp.llama_log_callback(_forward_llama_log)
     llama_cpp.llama_log_set(_log_callback, ctypes.c_void_p(0))
     llama_cpp.llama_backend_init()
-
-
-def build_has_amx() -> bool:
-    """True when llama.cpp was built with AMX int8 kernels and found AMX on this CPU."""
-    import llama_cpp
-
-    return b"AMX_INT8 = 1" in (llama_cpp.llama_print_system_info() or b"")
-
-
-def resolve_weight_repack(mode: str) -> bool:
-    """Whether to let llama.cpp repack weights into its CPU "extra buffer" layouts (`use_extra_bufts`).
-
-    "auto" repacks unless the build has AMX: its AMX buffer type takes Q4_0/Q8_0 matrices first, and its tile
-    kernels (batches of 2+ tokens) die with SIGILL on virtual machines that report AMX (measured here: a
-    Firecracker guest of a Xeon with amx_int8). The AVX2/AVX-512 repacked layouts come in the same list, after
-    AMX, so turning the list off on such a machine gives up those too.
-    """
-    if mode not in WEIGHT_REPACK_MODES:
-        raise ValueError(f"weight_repack must be one of {', '.join(WEIGHT_REPACK_MODES)}, got {mode!r}")
-    if mode == "auto":
-        return not build_has_amx()
-    return mode == "on"
 
 
 def default_num_threads() -> int:
@@ -381,15 +359,6 @@ class LlamaCppModelRunner:
     def __del__(self) -> None:
         with contextlib.suppress(Exception):  # at interpreter shutdown the library may already be gone
             self.close()
-
-
-def flash_attention_for(settings: Settings) -> bool:
-    """`--llamacpp-flash-attention`, with auto resolved: on with the shared KV pool (whose logits depend on the
-    cells' placement anyway), off with per-sequence KV, where it is the one thing that would make a sequence's
-    logits depend on its batch-mates (measured: a 64-token prompt's greedy tokens changed beside 7 others)."""
-    if settings.llamacpp_flash_attention == "auto":
-        return settings.llamacpp_kv_unified
-    return settings.llamacpp_flash_attention == "on"
 
 
 def build_llamacpp_engine(

@@ -1,0 +1,38 @@
+"""Resolved llama.cpp options: which `auto` choices the runner makes, and why (measured on this project's CPUs)."""
+
+from __future__ import annotations
+
+from qwen3_api.config import Settings
+
+WEIGHT_REPACK_MODES = ("auto", "on", "off")
+
+
+def build_has_amx() -> bool:
+    """True when llama.cpp was built with AMX int8 kernels and found AMX on this CPU."""
+    import llama_cpp
+
+    return b"AMX_INT8 = 1" in (llama_cpp.llama_print_system_info() or b"")
+
+
+def resolve_weight_repack(mode: str) -> bool:
+    """Whether to let llama.cpp repack weights into its CPU "extra buffer" layouts (`use_extra_bufts`).
+
+    "auto" repacks unless the build has AMX: its AMX buffer type takes Q4_0/Q8_0 matrices first, and its tile
+    kernels (batches of 2+ tokens) die with SIGILL on virtual machines that report AMX (measured here: a
+    Firecracker guest of a Xeon with amx_int8). The AVX2/AVX-512 repacked layouts come in the same list, after
+    AMX, so turning the list off on such a machine gives up those too.
+    """
+    if mode not in WEIGHT_REPACK_MODES:
+        raise ValueError(f"weight_repack must be one of {', '.join(WEIGHT_REPACK_MODES)}, got {mode!r}")
+    if mode == "auto":
+        return not build_has_amx()
+    return mode == "on"
+
+
+def flash_attention_for(settings: Settings) -> bool:
+    """`--llamacpp-flash-attention`, with auto resolved: on with the shared KV pool (whose logits depend on the
+    cells' placement anyway), off with per-sequence KV, where it is the one thing that would make a sequence's
+    logits depend on its batch-mates (measured: a 64-token prompt's greedy tokens changed beside 7 others)."""
+    if settings.llamacpp_flash_attention == "auto":
+        return settings.llamacpp_kv_unified
+    return settings.llamacpp_flash_attention == "on"
