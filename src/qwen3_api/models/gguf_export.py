@@ -198,6 +198,7 @@ def write_gguf(
     """Convert an HF-style Qwen3 model directory (safetensors + tokenizer.json) to a GGUF file at `out_file`;
     `on_tensor(done, total)` is called after each tensor is written (progress)."""
     import gguf
+    import torch
     from safetensors import safe_open
 
     qtype = parse_gguf_type(qtype)
@@ -242,9 +243,13 @@ def write_gguf(
         for done, (hf_name, _gguf_name, file, storage) in enumerate(plan, start=1):
             if file not in open_files:
                 open_files[file] = safe_open(str(file), framework="pt")
-            # Through torch so bfloat16 checkpoints convert too (numpy has no bfloat16).
-            tensor = open_files[file].get_tensor(hf_name).float().numpy()
-            writer.write_tensor_data(_convert(tensor, storage))
+            raw = open_files[file].get_tensor(hf_name)
+            if storage == gguf.GGMLQuantizationType.BF16 and raw.dtype == torch.bfloat16:
+                # bfloat16 into BF16: the bits as they are (the float32 round trip below is minutes on the 4b shape).
+                writer.write_tensor_data(raw.contiguous().view(torch.int16).numpy().view(np.uint8))
+            else:
+                # Through torch so bfloat16 checkpoints convert too (numpy has no bfloat16).
+                writer.write_tensor_data(_convert(raw.float().numpy(), storage))
             if on_tensor is not None:
                 on_tensor(done, len(plan))
     finally:
