@@ -11,7 +11,7 @@ import json
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -120,7 +120,9 @@ class InProcessTransport:
                 async for event in events:
                     pieces.put(event)
             finally:
-                await events.aclose()  # closing the stream early aborts the engine request
+                aclose = getattr(events, "aclose", None)  # an async generator: closing it early aborts the request
+                if aclose is not None:
+                    await aclose()
                 pieces.put(_END)
 
         future = asyncio.run_coroutine_threadsafe(pump(serving.stream(request, prepared)), self.loop)
@@ -174,7 +176,7 @@ class ChatSession:
             body["enable_thinking"] = self.thinking
         return body
 
-    def ask(self, text: str) -> Iterator[tuple[str, str]]:
+    def ask(self, text: str) -> Generator[tuple[str, str], None, None]:
         """Send a user turn and stream the answer; an interrupted answer is kept as far as it got."""
         self.messages.append({"role": "user", "content": text})
         stats = self.last = TurnStats()

@@ -31,7 +31,7 @@ def _line_reader(history_path: Path | None) -> Callable[[str], str]:
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         return input
     from prompt_toolkit import PromptSession
-    from prompt_toolkit.history import FileHistory, InMemoryHistory
+    from prompt_toolkit.history import FileHistory, History, InMemoryHistory
     from prompt_toolkit.key_binding import KeyBindings
 
     bindings = KeyBindings()
@@ -40,7 +40,7 @@ def _line_reader(history_path: Path | None) -> Callable[[str], str]:
     def _newline(event) -> None:  # type: ignore[no-untyped-def]
         event.current_buffer.insert_text("\n")
 
-    history = InMemoryHistory()
+    history: History = InMemoryHistory()
     if history_path is not None:
         try:
             history_path.parent.mkdir(parents=True, exist_ok=True)
