@@ -75,8 +75,13 @@ def response_cache_rows(model_dir: Path, log_dir: Path, args: argparse.Namespace
             chat = [{"model": model, "messages": [{"role": "user", "content": f"chat: {p}"}],
                      "max_tokens": args.output_tokens, "temperature": 0, "ignore_eos": True}
                     for p in prompts]  # fmt: skip
-            return [measure_route(client, "/generate", generate, args.repeats),
-                    measure_route(client, "/v1/chat/completions", chat, args.repeats)]  # fmt: skip
+            rows = []
+            for route, bodies in (("/generate", generate), ("/v1/chat/completions", chat)):
+                row = measure_route(client, route, bodies, args.repeats)
+                print(f"{row['route']:<24}{row['miss_p50_ms']:>14.1f}{row['hit_p50_ms']:>12.2f}"
+                      f"{row['speedup']:>9.0f}x", flush=True)  # fmt: skip
+                rows.append(row)
+            return rows
     finally:
         server.stop()
 
@@ -134,9 +139,7 @@ def main() -> None:
             print(f"response cache, {args.shape} shape, backend {args.backend}, {args.prompt_tokens}-token prompts, "
                   f"{args.output_tokens} greedy output tokens", flush=True)  # fmt: skip
             print(f"{'route':<24}{'miss p50 ms':>14}{'hit p50 ms':>12}{'miss/hit':>10}")
-            for row in response_cache_rows(model_dir, log_dir, args):
-                print(f"{row['route']:<24}{row['miss_p50_ms']:>14.1f}{row['hit_p50_ms']:>12.2f}"
-                      f"{row['speedup']:>9.0f}x", flush=True)  # fmt: skip
+            response_cache_rows(model_dir, log_dir, args)  # prints each route's row as it is measured
         restarts = [] if args.skip_restart else restart_rows(model_dir, log_dir, args)
     if restarts:
         print(f"\nTTFT of a {args.system_tokens}-token system prompt on a fresh server (one-token chat answer)")
