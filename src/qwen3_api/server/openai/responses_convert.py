@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from qwen3_api.server.openai.params import REASONING_EFFORT_BUDGETS
 from qwen3_api.server.openai.protocol import (
     ChatCompletionRequest,
     ChatMessage,
@@ -44,11 +45,8 @@ def thinking_for_effort(effort: Effort | None) -> bool | None:
 
 
 def thinking_budget_for_effort(effort: Effort | None) -> int | None:
-    """Hook for the thinking budget: the most thinking tokens an effort allows (None: unlimited).
-
-    Not wired yet: the engine's thinking budget lands separately; until then effort only turns thinking on/off.
-    """
-    return None
+    """The most thinking tokens an effort allows (the chat API's reasoning_effort budgets; None: no budget)."""
+    return REASONING_EFFORT_BUDGETS.get(effort) if effort is not None else None
 
 
 def input_messages(request: ResponsesRequest) -> list[ChatMessage]:
@@ -112,6 +110,7 @@ def to_chat_request(request: ResponsesRequest, history: list[ChatMessage]) -> Ch
         "parallel_tool_calls": request.parallel_calls,
         "response_format": _response_format(request),
         "enable_thinking": thinking_for_effort(request.reasoning.effort if request.reasoning else None),
+        "thinking_budget": thinking_budget_for_effort(request.reasoning.effort if request.reasoning else None),
     }
     return ChatCompletionRequest.model_validate(fields)
 

@@ -61,6 +61,7 @@ _PARAM_NAMES = {
     "max_completion_tokens": "max_output_tokens",
     "max_tokens": "max_output_tokens",
     "enable_thinking": "reasoning.effort",
+    "thinking_budget": "reasoning.effort",
     "response_format": "text.format",
     "messages": "input",
 }
