@@ -96,8 +96,8 @@ class GGUFTokenizer(Tokenizer):
 
         if not self.chat_template:
             raise ValueError(f"{self.vocab.path.name} has no chat template (tokenizer.chat_template)")
-        rendered, _ = render_jinja_template(
-            conversations=[messages], tools=tools, chat_template=self.chat_template,
+        rendered: Any = render_jinja_template(
+            conversations=[messages], tools=tools, chat_template=self.chat_template,  # type: ignore[arg-type]
             add_generation_prompt=add_generation_prompt, **{**self._template_tokens, **kwargs},
         )  # fmt: skip
-        return str(rendered[0])
+        return str(rendered[0][0])  # (one text per conversation, generation indices)

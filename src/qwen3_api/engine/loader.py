@@ -48,7 +48,8 @@ def _safetensors_on_llama_cpp(settings: Settings, device: str) -> RuntimeChoice 
     ask for or what `auto` picks on a CPU; None when the checkpoint runs on torch."""
     from qwen3_api.models.gguf_convert import GGUF_QUANTS
 
-    quantize, backend = settings.quantize, settings.backend
+    quantize: str = settings.quantize
+    backend = settings.backend
     auto_pick = backend == "auto" and quantize == "auto" and device == "cpu"
     if not (quantize in GGUF_QUANTS or backend == "llamacpp" or auto_pick):
         return None
