@@ -79,6 +79,19 @@ def test_public_routes_need_no_key(secured: ServerProcess) -> None:
     assert requests.get(f"{secured.url}/", timeout=30).status_code == 200
     assert requests.get(f"{secured.url}/health", timeout=30).status_code == 200
     assert requests.get(f"{secured.url}/live", timeout=30).status_code != 401
+    # The playground page is static; its API calls carry the key the user types into it.
+    assert requests.get(f"{secured.url}/playground", timeout=30).status_code == 200
+    assert requests.get(f"{secured.url}/playground/status", timeout=30).status_code == 200
+
+
+def test_anthropic_route_answers_401_in_anthropic_shape_and_takes_x_api_key(secured: ServerProcess) -> None:
+    body = {"model": secured.model, "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]}
+    refused = requests.post(f"{secured.url}/v1/messages", json=body, timeout=30)
+    assert refused.status_code == 401
+    assert refused.json() == {"type": "error", "error": {"type": "authentication_error",
+                                                         "message": "Invalid or missing API key"}}
+    accepted = requests.post(f"{secured.url}/v1/messages", json=body, headers={"x-api-key": FLAG_KEY}, timeout=120)
+    assert accepted.status_code == 200, accepted.text
 
 
 def test_keys_never_reach_the_log_or_the_settings_repr(secured: ServerProcess) -> None:

@@ -1,4 +1,5 @@
-"""API keys: with keys configured, every route but `/`, `/health` and `/live` needs one (ASGI middleware).
+"""API keys: with keys configured, every route but `/`, `/health`, `/live` and the playground page needs one (ASGI
+middleware). The playground is static files; its API calls carry the key the user enters.
 
 A key is accepted from `Authorization: Bearer <key>` or from `x-api-key: <key>` (the header Anthropic's clients
 send). Keys are compared in constant time against every configured key, and never logged.
@@ -17,6 +18,7 @@ from qwen3_api.errors import AuthenticationError
 from qwen3_api.server.errors import error_response
 
 PUBLIC_PATHS = frozenset({"/", "/health", "/live"})
+PUBLIC_PREFIXES = ("/playground",)  # the page, its static files and its load-status poll
 INVALID_KEY = "Invalid or missing API key"
 
 
@@ -65,6 +67,7 @@ class APIKeyMiddleware:
         if (
             scope["type"] != "http"
             or scope["path"] in PUBLIC_PATHS
+            or scope["path"].startswith(PUBLIC_PREFIXES)
             or scope["method"] == "OPTIONS"  # CORS preflights carry no credentials
             or key_is_valid(presented_key(scope["headers"]), self.keys)
         ):

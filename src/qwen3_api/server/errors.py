@@ -109,10 +109,17 @@ def anthropic_status_of(exc: Qwen3APIError) -> int:
     return 529 if isinstance(exc, EngineOverloadedError) else status_of(exc, openai=True)
 
 
+# Anthropic's error types by HTTP status (its documented set).
+ANTHROPIC_ERROR_TYPES = {
+    400: "invalid_request_error", 401: "authentication_error", 403: "permission_error", 404: "not_found_error",
+    413: "request_too_large", 429: "rate_limit_error", 529: "overloaded_error",
+}
+
+
 def anthropic_error_body(exc: Qwen3APIError) -> dict[str, Any]:
     """Anthropic's error body `{"type": "error", "error": {"type", "message"}}` for one of our errors."""
     status = anthropic_status_of(exc)
-    kind = {400: "invalid_request_error", 404: "not_found_error", 529: "overloaded_error"}.get(status, "api_error")
+    kind = ANTHROPIC_ERROR_TYPES.get(status, "api_error")
     message = openai_error_body(exc)["error"]["message"]
     return {"type": "error", "error": {"type": kind, "message": message}}
 
