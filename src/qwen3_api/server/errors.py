@@ -76,7 +76,9 @@ def anthropic_status_of(exc: Qwen3APIError) -> int:
 def anthropic_error_body(exc: Qwen3APIError) -> dict[str, Any]:
     """Anthropic's error body `{"type": "error", "error": {"type", "message"}}` for one of our errors."""
     status = anthropic_status_of(exc)
-    kind = {400: "invalid_request_error", 404: "not_found_error", 529: "overloaded_error"}.get(status, "api_error")
+    kinds = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
+             413: "request_too_large", 529: "overloaded_error"}  # fmt: skip
+    kind = kinds.get(status, "api_error")
     message = openai_error_body(exc)["error"]["message"]
     return {"type": "error", "error": {"type": kind, "message": message}}
 
