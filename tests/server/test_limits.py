@@ -67,6 +67,19 @@ def test_json_schema_size_is_limited(served: ServerProcess, model_id: str) -> No
     assert error["param"] == "tools.0.function.parameters"
 
 
+def test_grammar_compile_time_is_bounded(hardened: ServerProcess, authed: requests.Session) -> None:
+    """The hardened server allows 1 ms (--grammar-compile-timeout): a 40 KiB schema takes longer -> 400."""
+    properties = {f"p{i}": {"type": "string", "pattern": "[a-z]{3,40}@[a-z]{2,10}"} for i in range(600)}
+    schema = {"type": "object", "properties": properties, "required": list(properties)}
+    model = authed.get(f"{hardened.url}/v1/models", timeout=30).json()["data"][0]["id"]
+    response_format = {"type": "json_schema", "json_schema": {"name": "many", "schema": schema}}
+    response = authed.post(f"{hardened.url}/v1/chat/completions", json=chat(model, response_format=response_format),
+                           timeout=60)  # fmt: skip
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == "response_format" and "did not compile within 0.001 s" in error["message"]
+
+
 @pytest.mark.parametrize("key", ["05", " 5", "+5", "-5", "5.0", "٥"])
 def test_logit_bias_keys_must_be_canonical_integers(served: ServerProcess, model_id: str, key: str) -> None:
     error = openai_error(served, "/v1/completions", {"model": model_id, "prompt": "hi", "logit_bias": {key: 1}})

@@ -3,6 +3,7 @@ before any byte of a stream; the slot is free again once the request that held i
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -15,8 +16,9 @@ LONG = {"prompt": "Go on forever.", "max_length": 1500, "ignore_eos": True, "tem
 
 
 @pytest.fixture(scope="module")
-def full(tiny_model_dir, server_pool) -> ServerProcess:  # type: ignore[no-untyped-def]
-    return server_pool.get(str(tiny_model_dir), "--backend", "torch", "--max-queued-requests", "1")
+def full(hardened: ServerProcess, authed: requests.Session) -> ServerProcess:
+    """The hardened server: --max-queued-requests 1."""
+    return hardened
 
 
 def bodies(model: str) -> list[tuple[str, dict[str, Any]]]:
@@ -30,14 +32,14 @@ def bodies(model: str) -> list[tuple[str, dict[str, Any]]]:
     ]
 
 
-def test_requests_past_the_limit_get_503_before_any_stream_byte(full: ServerProcess) -> None:
-    model = requests.get(f"{full.url}/v1/models", timeout=30).json()["data"][0]["id"]
-    with requests.post(f"{full.url}/generate", json=LONG, stream=True, timeout=60) as holder:
+def test_requests_past_the_limit_get_503_before_any_stream_byte(full: ServerProcess, authed: requests.Session) -> None:
+    model = authed.get(f"{full.url}/v1/models", timeout=30).json()["data"][0]["id"]
+    with authed.post(f"{full.url}/generate", json=LONG, stream=True, timeout=180) as holder:
         assert holder.status_code == 200
         lines = holder.iter_lines()  # kept: dropping the iterator would close the connection
         next(lines)  # it is generating: the one slot is taken
         for path, body in bodies(model):
-            response = requests.post(f"{full.url}{path}", json=body, timeout=30)
+            response = authed.post(f"{full.url}{path}", json=body, timeout=30)
             assert response.status_code == 503, (path, body["stream"], response.text)
             assert response.headers["Retry-After"] == "1"
             assert response.headers["content-type"] == "application/json"  # no event stream was started
@@ -45,13 +47,19 @@ def test_requests_past_the_limit_get_503_before_any_stream_byte(full: ServerProc
             assert "limit of 1 unfinished requests" in text
             if path.startswith("/v1"):
                 assert response.json()["error"]["type"] == "service_unavailable"
+        refused = authed.post(f"{full.url}/generate", json={"prompt": "hi"}, headers={"X-Request-Id": "over-1"})
+        assert refused.status_code == 503 and refused.headers["X-Request-Id"] == "over-1"
         assert next(line for line in lines if line).startswith(b"data: {")  # the holder is still being served
+    # Every log line of the refused request carries its id: the error mapping's warning and the access line.
+    mine = [json.loads(line) for line in full.log().splitlines() if '"over-1"' in line]
+    assert {entry["logger"] for entry in mine} == {"qwen3_api.server.errors", "qwen3_api.access"}, mine
+    assert all(entry["request_id"] == "over-1" for entry in mine)
     deadline = time.monotonic() + 30  # the holder hung up: its slot comes back
     while time.monotonic() < deadline:
-        response = requests.post(f"{full.url}/generate", json={"prompt": "hi", "max_length": 2}, timeout=30)
+        response = authed.post(f"{full.url}/generate", json={"prompt": "hi", "max_length": 2}, timeout=30)
         if response.status_code == 200:
             break
         time.sleep(0.2)
     assert response.status_code == 200, response.text
     for path, body in bodies(model):
-        assert requests.post(f"{full.url}{path}", json=body, timeout=60).status_code == 200, path
+        assert authed.post(f"{full.url}{path}", json=body, timeout=60).status_code == 200, path
