@@ -35,11 +35,16 @@ class Settings(BaseSettings):
         description="int8: weight-only int8 at load (torch); q8_0|q4_k_m|q4_0: converted once to that GGUF quant and "
         "served on llama.cpp; auto: q8_0 on CPU, none on GPU",
     )
-    max_num_seqs: int = Field(16, ge=1, le=1024, description="most sequences decoded together in one step")
+    max_num_seqs: int = Field(
+        16, ge=1, le=1024, description="most sequences decoded together in one step (llamacpp: 4 unless set)"
+    )
     max_num_batched_tokens: int = Field(512, ge=16, description="token budget of one engine step (chunked prefill)")
     block_size: int = Field(16, ge=1, le=256, description="tokens per KV cache block")
     kv_cache_memory: float | None = Field(
-        None, gt=0, description="KV cache budget in GiB; default 1 GiB on CPU, kv_cache_fraction of free GPU memory"
+        None,
+        gt=0,
+        description="KV cache budget in GiB; default: torch 1 GiB on CPU and kv_cache_fraction of free GPU memory, "
+        "llamacpp llamacpp_kv_memory_share of available memory",
     )
     kv_cache_fraction: float = Field(0.85, gt=0, lt=1, description="share of free GPU memory for the KV cache")
     max_model_len: int | None = Field(None, ge=16, description="context limit; default from the model config")
