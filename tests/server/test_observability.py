@@ -64,6 +64,7 @@ def test_json_access_log_line_of_a_generation(json_logged: ServerProcess, authed
     assert entry["prompt_tokens"] == final["prompt_tokens"] and entry["completion_tokens"] == 5
     assert entry["finish_reason"] == "length" and entry["cached_tokens"] >= 0
     assert 0 < entry["ttft_s"] <= entry["e2e_s"]
+    assert 0 <= entry["queue_s"] < entry["ttft_s"]
 
 
 def test_lines_outside_requests_have_no_id(json_logged: ServerProcess, authed: requests.Session) -> None:
@@ -83,7 +84,7 @@ def test_latency_histograms_and_token_counters(json_logged: ServerProcess, authe
     assert authed.post(f"{json_logged.url}/generate", json=body, timeout=60).status_code == 200
     after = scrape(json_logged, authed)
     for name in ("qwen3_api_time_to_first_token_seconds", "qwen3_api_time_per_output_token_seconds",
-                 "qwen3_api_e2e_request_latency_seconds"):  # fmt: skip
+                 "qwen3_api_e2e_request_latency_seconds", "qwen3_api_queue_time_seconds"):  # fmt: skip
         assert after[f"{name}_count"] - before.get(f"{name}_count", 0) == 1, name
         assert after[f"{name}_sum"] > before.get(f"{name}_sum", 0)
     assert after["qwen3_api_generation_tokens_total"] - before.get("qwen3_api_generation_tokens_total", 0) == 4

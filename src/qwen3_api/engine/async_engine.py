@@ -393,6 +393,7 @@ class AsyncEngine:
             completion_tokens=state.completion_tokens,
             cached_tokens=state.cached_tokens,
             logprobs=core.new_logprobs if core else None,
+            queue_time=core.queue_time if core else None,
         )
 
     def _finish(

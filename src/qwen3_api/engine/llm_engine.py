@@ -211,6 +211,7 @@ class LLMEngine:
                     num_prompt_tokens=seq.num_prompt_tokens,
                     num_cached_tokens=seq.num_cached_tokens,
                     stop_token_id=pick.token_id if done and seq.finish_reason is FinishReason.STOP else None,
+                    queue_time=seq.queue_time,
                 )
             )
         return outputs

@@ -35,6 +35,7 @@ class CoreOutput:
     num_cached_tokens: int = 0
     stop_token_id: int | None = None  # the end token that finished it, if any (never part of the text)
     error: str | None = None  # this request failed; the others go on
+    queue_time: float | None = None  # seconds it waited before its first step, where the backend knows
 
 
 @dataclass
@@ -51,3 +52,4 @@ class RequestOutput:
     cached_tokens: int = 0
     logprobs: list[TokenLogprob] | None = None
     stop_reason: str | int | None = field(default=None)  # the stop string or end token that matched
+    queue_time: float | None = None  # seconds it waited before its first step, where the backend knows

@@ -20,6 +20,7 @@ is off: waiting would gain nothing.)
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -264,6 +265,8 @@ class Scheduler:
                 break  # strict FIFO: later (smaller) requests do not overtake one that does not fit
             self._waiting.popleft()
             seq.status = SequenceStatus.RUNNING
+            if seq.queue_time is None:
+                seq.queue_time = time.monotonic() - seq.arrival_time
             seq.num_computed_tokens = hit.num_tokens
             if seq.num_preemptions == 0:  # readmission finds the sequence's own blocks: not a prefix hit
                 seq.num_cached_tokens = min(hit.num_tokens, seq.num_prompt_tokens)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -38,6 +39,8 @@ class Sequence:
     status: SequenceStatus = SequenceStatus.WAITING
     finish_reason: FinishReason | None = None
     num_preemptions: int = 0
+    arrival_time: float = field(default_factory=time.monotonic)
+    queue_time: float | None = None  # seconds from arrival to first being scheduled
 
     @property
     def num_prompt_tokens(self) -> int:

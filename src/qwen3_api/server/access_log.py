@@ -82,6 +82,7 @@ class RequestContextMiddleware:
                 completion_tokens=record.completion_tokens,
                 cached_tokens=record.cached_tokens,
                 ttft_s=None if ttft is None else round(ttft, 6),
+                queue_s=None if record.queue_time is None else round(record.queue_time, 6),
                 finish_reason=",".join(record.finish_reasons) or None,
             )
         text = " ".join(f"{k}={v}" for k, v in fields.items() if k not in ("method", "route", "status"))

@@ -101,6 +101,8 @@ async def _observed(
             record.completion_tokens += out.completion_tokens - completion
             completion = out.completion_tokens
             record.cached_tokens = max(record.cached_tokens, out.cached_tokens)
+            if out.queue_time is not None and record.queue_time is None:
+                record.queue_time = out.queue_time
             if out.new_token_ids and record.first_token_at is None:
                 record.first_token_at = time.monotonic()
             if out.finished and out.finish_reason is not None:
