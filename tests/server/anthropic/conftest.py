@@ -8,7 +8,7 @@ import anthropic
 import pytest
 
 from tests.conftest import ServerPool, ServerProcess
-from tests.server.openai.conftest import opened_think_model_dir, real_template_dirs  # noqa: F401 (fixtures)
+from tests.server.openai.conftest import real_template_dirs  # noqa: F401 (fixtures)
 
 
 def client_of(server: ServerProcess) -> anthropic.Anthropic:
@@ -27,14 +27,14 @@ def model_id(torch_server: ServerProcess) -> str:
 
 
 @pytest.fixture(scope="session")
-def opened_think_gguf(opened_think_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: F811
+def opened_think_gguf(opened_think_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from qwen3_api.testing.gguf import write_gguf
 
     return write_gguf(opened_think_model_dir, tmp_path_factory.mktemp("opened-think-gguf") / "opened-think-F32.gguf")
 
 
 @pytest.fixture(scope="session", params=["torch", "llamacpp"])
-def thinking_server(request: pytest.FixtureRequest, server_pool: ServerPool, opened_think_model_dir: Path,  # noqa: F811
+def thinking_server(request: pytest.FixtureRequest, server_pool: ServerPool, opened_think_model_dir: Path,
                     opened_think_gguf: Path) -> ServerProcess:  # fmt: skip
     """A model that opens a thought from its template and, with random weights, never ends it by itself."""
     if request.param == "llamacpp":
