@@ -18,7 +18,6 @@ position).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import math
 import os
@@ -36,38 +35,17 @@ from qwen3_api.errors import EngineError, ModelLoadError
 from qwen3_api.executors.llamacpp_options import flash_attention_for, resolve_weight_repack
 from qwen3_api.executors.model_runner import BatchEntry
 from qwen3_api.executors.slot_pool import SlotOp, SlotPool
+from qwen3_api.models.llama_vocab import init_llama_backend
 
 logger = logging.getLogger(__name__)
 
 # llama.cpp pads the context to a multiple of this many cells.
 CTX_PAD = 256
-_GGML_LOG_LEVEL_ERROR = 4
 _GGML_TYPES = {"f32": 0, "f16": 1, "q8_0": 8}  # enum ggml_type
 # Bytes of one K or V element per KV cell type (q8_0: 34-byte blocks of 32).
 KV_BYTES_PER_ELEMENT = {"f32": 4.0, "f16": 2.0, "q8_0": 34 / 32}
 _LLAMA_FLASH_ATTN_TYPE_DISABLED = 0
 _LLAMA_FLASH_ATTN_TYPE_ENABLED = 1
-
-
-def _forward_llama_log(level: int, text: bytes | None, _user_data: ctypes.c_void_p) -> None:
-    # llama.cpp is chatty (every tensor at load): keep only its errors, through our logging.
-    if level == _GGML_LOG_LEVEL_ERROR and text:
-        logger.error("llama.cpp: %s", text.decode(errors="replace").rstrip())
-
-
-_log_callback = None  # the ctypes callback must outlive every llama.cpp call: keep it referenced for good
-
-
-def _init_llama_backend() -> None:
-    """Initialise llama.cpp once per process and route its log to ours."""
-    global _log_callback
-    if _log_callback is not None:
-        return
-    import llama_cpp
-
-    _log_callback = llama_cpp.llama_log_callback(_forward_llama_log)
-    llama_cpp.llama_log_set(_log_callback, ctypes.c_void_p(0))
-    llama_cpp.llama_backend_init()
 
 
 def default_num_threads() -> int:
@@ -132,7 +110,7 @@ class LlamaCppModelRunner:
         self.kv_unified = kv_unified
         self.flash_attention = flash_attention or kv_cache_type == "q8_0"
         self._model = self._ctx = self._batch = None
-        _init_llama_backend()
+        init_llama_backend()
 
         model_params = llama_cpp.llama_model_default_params()
         self.weight_repack = resolve_weight_repack(weight_repack)
