@@ -49,7 +49,9 @@ def start_server(model: str, log_path: Path, *args: str, wait_healthy: bool = Tr
     port = free_port()
     command = [sys.executable, "-m", "qwen3_api.cli", "serve", "--model", model, "--port", str(port), *args]
     log = log_path.open("wb")
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # A small KV budget unless the test sets one: the suite keeps a dozen servers alive at once, and the default
+    # (1 GiB on torch, half the free memory on llama.cpp) would exhaust the machine's memory.
+    env = {"QWEN3_API_KV_CACHE_MEMORY": TEST_SERVER_KV_GIB, **os.environ, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT)
     server = ServerProcess(f"http://127.0.0.1:{port}", process, log_path, model)
     if wait_healthy:
@@ -87,6 +89,7 @@ SERVED_BACKENDS: dict[str, tuple[str | None, tuple[str, ...]]] = {
     "reference": (None, ("--backend", "reference")),
 }
 MAX_MODEL_LEN = 2048
+TEST_SERVER_KV_GIB = "0.25"
 
 
 class ServerPool:
