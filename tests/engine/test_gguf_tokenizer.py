@@ -72,3 +72,15 @@ def test_template_end_and_special_tokens_come_from_the_file(tokenizer: Tokenizer
     )
     assert tokenizer.prompt_token_ids("Hi") == tokenizer.encode(prompt)
     assert tokenizer.prompt_token_ids("Hi")[:1] == [1]  # <|im_start|> as its id, no BOS added in front
+
+
+def test_think_markers_of_a_qwen_gguf_are_the_hf_tokenizers(tiny_model_dir: Path) -> None:
+    """The thinking budget needs `<think>`/`</think>` ids on llama.cpp too; SmolLM2 has no such tokens."""
+    from qwen3_api.models.gguf import resolve_gguf
+
+    qwen = Tokenizer.from_gguf(resolve_gguf("test:tiny:gguf=F32"))
+    assert qwen.think_token_ids == Tokenizer(tiny_model_dir).think_token_ids == (151667, 151668)
+
+
+def test_a_vocabulary_without_think_tokens_has_no_markers(tokenizer: Tokenizer) -> None:
+    assert tokenizer.think_token_ids is None

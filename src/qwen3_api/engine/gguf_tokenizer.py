@@ -45,6 +45,11 @@ class GGUFTokenizer(Tokenizer):
         used = [i for i, kind in enumerate(types[: self.vocab.n_tokens]) if kind != _GGUF_UNUSED]
         self.vocab_size = used[-1] + 1 if used else self.vocab.n_tokens
         self.supports_thinking = "enable_thinking" in (self.chat_template or "")
+        # Qwen3's thought markers, when the vocabulary has each as one token of its own.
+        marks = [self.vocab.tokenize(mark) for mark in ("<think>", "</think>")]
+        texts = (b"<think>", b"</think>")
+        single = all(len(ids) == 1 and self._pieces[ids[0]] == text for ids, text in zip(marks, texts, strict=True))
+        self._think_ids = (marks[0][0], marks[1][0]) if single else None
         self.generation = GenerationDefaults(
             eos_token_ids=self._end_token_ids(metadata),
             temperature=_float32_value(metadata.get("general.sampling.temp")),
