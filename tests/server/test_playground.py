@@ -240,7 +240,7 @@ def test_json_and_tool_examples(playground: Playground, thinking_server: ServerP
     playground.page.click("#example-tool")
     playground.page.select_option("#tool-choice", "required")
     shorten_strings(playground, "tools")
-    playground.set("max-tokens", "200")  # room for the first call even when every character is an escape
+    playground.set("max-tokens", "600")  # room for the first call even when every character is an escape
     playground.page.press("#prompt", "Enter")
     playground.wait_done()
     assert playground.chat_requests[-1]["tool_choice"] == "required"

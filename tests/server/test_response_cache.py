@@ -7,6 +7,7 @@ import dataclasses
 
 from qwen3_api.engine.sampling import SamplingParams
 from qwen3_api.engine.structured import StructuredOutput
+from qwen3_api.engine.thinking import ThinkingBudget
 from qwen3_api.server.response_cache import (
     ENTRY_OVERHEAD_BYTES,
     GenerationJob,
@@ -35,6 +36,7 @@ ALTERED = {
     "logit_bias": ((11, 2.0),),
     "skip_special_tokens": False,
     "structured": StructuredOutput(kind="json_object"),
+    "thinking": ThinkingBudget(64, 151667, 151668),
 }
 BASE = SamplingParams(max_tokens=16, temperature=0.0)
 

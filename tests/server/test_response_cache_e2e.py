@@ -224,7 +224,7 @@ def test_identical_concurrent_requests_cost_one_generation(server: ServerProcess
     body = greedy("cache me: eight at once", max_length=64, ignore_eos=True)
     before = scrape(server)
     post(server, "/generate", body, **{"Cache-Control": "no-store"})  # what one generation costs the engine
-    queried = "qwen3_api_engine_prefix_queried_tokens[]"
+    queried = "qwen3_api_engine_prefix_queried_tokens_total[]"
     solo = scrape(server)[queried] - before[queried]
     before = scrape(server)
     barrier = threading.Barrier(8)

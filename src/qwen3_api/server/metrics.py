@@ -21,14 +21,14 @@ ENGINE_GAUGES = {
     "running": "Requests in the running batch",
     "kv_usage": "Fraction of KV cache blocks held by sequences",
     "prefix_hit_rate": "Fraction of looked-up prompt tokens served from the prefix cache",
+    "kv_blocks_used": "KV cache blocks held by sequences",
+    "kv_blocks_total": "KV cache blocks in all",
 }
 # Engine statistics that only grow: exported as counters (`..._total`), so rate() works on them.
 ENGINE_COUNTERS = {
     "prefix_queried_tokens": "Prompt tokens looked up in the prefix cache",
     "prefix_hit_tokens": "Prompt tokens served from the prefix cache",
     "preemptions": "Sequences preempted (recomputed later) since start",
-    "kv_blocks_used": "KV cache blocks held by sequences",
-    "kv_blocks_total": "KV cache blocks in all",
 }
 
 # Bucket bounds in seconds, spanning a tiny model on a GPU to a 4B model on two CPU cores.

@@ -104,6 +104,7 @@ class InProcessTransport:
 
     def stream(self, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
         from qwen3_api.errors import Qwen3APIError
+        from qwen3_api.server.cached_generation import Generation
         from qwen3_api.server.openai.protocol import ChatCompletionRequest
         from qwen3_api.server.openai.serving_chat import ChatServing
 
@@ -125,7 +126,8 @@ class InProcessTransport:
                     await aclose()
                 pieces.put(_END)
 
-        future = asyncio.run_coroutine_threadsafe(pump(serving.stream(request, prepared)), self.loop)
+        generation = Generation(self.engine, prepared.jobs, "bypass")  # one person's chat: no response cache
+        future = asyncio.run_coroutine_threadsafe(pump(serving.stream(request, prepared, generation)), self.loop)
 
         def lines() -> Iterator[str]:
             while (item := pieces.get()) is not _END:

@@ -79,7 +79,7 @@ def test_completion_prompts_run_together(client: openai.OpenAI, model_id: str, t
     import threading
     import time
 
-    from tests.server.test_disconnect import unfinished
+    from tests.server.engine_gauges import engine_gauges
 
     results: list[object] = []
 
@@ -95,7 +95,7 @@ def test_completion_prompts_run_together(client: openai.OpenAI, model_id: str, t
     sender.start()
     seen = 0.0
     while sender.is_alive():
-        seen = max(seen, unfinished(torch_server))
+        seen = max(seen, engine_gauges(torch_server)["running"])
         time.sleep(0.05)
     sender.join()
     assert isinstance(results[0], openai.types.Completion), results[0]

@@ -143,7 +143,7 @@ def test_stream_helper_final_response(client: openai.OpenAI, model_id: str) -> N
 
 def _forced_call(client: openai.OpenAI, model_id: str, **kwargs: Any) -> Any:
     return client.responses.create(
-        model=model_id, input="Weather in Paris?", tools=[WEATHER_TOOL, TIME_TOOL], max_output_tokens=300,  # type: ignore[list-item]
+        model=model_id, input="Weather in Paris?", tools=[WEATHER_TOOL, TIME_TOOL], max_output_tokens=800,  # type: ignore[list-item]
         temperature=0.7, **kwargs,
     )  # fmt: skip
 
