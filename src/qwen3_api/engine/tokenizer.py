@@ -136,10 +136,10 @@ class Tokenizer:
         tools: list[dict[str, Any]] | None = None,
         enable_thinking: bool | None = None,
         add_generation_prompt: bool = True,
-        extra_template_kwargs: dict[str, Any] | None = None,
     ) -> str:
-        """The prompt text the chat template makes of `messages`."""
-        kwargs = dict(extra_template_kwargs or {})
+        """The prompt text the chat template makes of `messages` (the only template variable a request sets is
+        `enable_thinking`)."""
+        kwargs: dict[str, Any] = {}
         if enable_thinking is not None:
             kwargs["enable_thinking"] = enable_thinking
         try:

@@ -53,11 +53,7 @@ async def merge(streams: list[AsyncIterator[T]]) -> AsyncIterator[tuple[int, T]]
                 raise item
             yield index, item  # type: ignore[misc]
     finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await _cancel_and_wait(tasks)
 
 
 async def collect_all(streams: list[AsyncIterator[RequestOutput]]) -> list[FinalOutput]:
@@ -66,8 +62,13 @@ async def collect_all(streams: list[AsyncIterator[RequestOutput]]) -> list[Final
     try:
         return list(await asyncio.gather(*tasks))
     finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await _cancel_and_wait(tasks)
+
+
+async def _cancel_and_wait(tasks: list[asyncio.Future[Any]]) -> None:
+    """Cancel `tasks` and wait until each has ended (closing, and so aborting, the engine streams they read)."""
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
