@@ -8,7 +8,7 @@ import anthropic
 import pytest
 
 from tests.conftest import ServerPool, ServerProcess
-from tests.server.openai.conftest import real_template_dirs  # noqa: F401 (fixtures)
+from tests.server.openai.conftest import real_template_dirs, template, template_server  # noqa: F401 (fixtures)
 
 
 def client_of(server: ServerProcess) -> anthropic.Anthropic:

@@ -7,42 +7,31 @@ from typing import Any
 import anthropic
 import pytest
 
-from tests.conftest import ServerPool, ServerProcess
+from tests.conftest import ServerProcess
 from tests.server.anthropic.conftest import client_of
 from tests.server.anthropic.test_messages import HELLO, SAMPLED, WEATHER
-from tests.server.openai.conftest import REAL_TEMPLATES
-
-
-@pytest.fixture(scope="module", params=REAL_TEMPLATES)
-def template(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
 
 
 @pytest.fixture(scope="module")
-def served(template: str, real_template_dirs, server_pool: ServerPool) -> ServerProcess:  # type: ignore[no-untyped-def]
-    return server_pool.get(str(real_template_dirs[template]), "--backend", "torch")
+def client(template_server: ServerProcess) -> anthropic.Anthropic:
+    return client_of(template_server)
 
 
-@pytest.fixture(scope="module")
-def client(served: ServerProcess) -> anthropic.Anthropic:
-    return client_of(served)
-
-
-def test_text_blocks_are_one_prompt(client: anthropic.Anthropic, served: ServerProcess) -> None:
+def test_text_blocks_are_one_prompt(client: anthropic.Anthropic, template_server: ServerProcess) -> None:
     blocks: Any = [{"role": "user", "content": [{"type": "text", "text": "Hello"}, {"type": "text", "text": "there"}]}]
     joined: Any = [{"role": "user", "content": "Hello\nthere"}]
-    assert client.messages.count_tokens(model=served.model, messages=blocks).input_tokens == (
-        client.messages.count_tokens(model=served.model, messages=joined).input_tokens
+    assert client.messages.count_tokens(model=template_server.model, messages=blocks).input_tokens == (
+        client.messages.count_tokens(model=template_server.model, messages=joined).input_tokens
     )
     empty: Any = [{"role": "user", "content": ""}]
-    assert client.messages.count_tokens(model=served.model, messages=blocks).input_tokens > (
-        client.messages.count_tokens(model=served.model, messages=empty).input_tokens
+    assert client.messages.count_tokens(model=template_server.model, messages=blocks).input_tokens > (
+        client.messages.count_tokens(model=template_server.model, messages=empty).input_tokens
     )  # the text is rendered, not dropped as Qwen's templates drop non-string content
 
 
-def test_tool_use_then_tool_result(template: str, client: anthropic.Anthropic, served: ServerProcess) -> None:
+def test_tool_use_then_tool_result(template: str, client: anthropic.Anthropic, template_server: ServerProcess) -> None:
     ask: Any = [{"role": "user", "content": "Weather in Paris?"}]
-    first = client.messages.create(model=served.model, max_tokens=200, messages=ask, tools=[WEATHER],  # type: ignore[list-item]
+    first = client.messages.create(model=template_server.model, max_tokens=200, messages=ask, tools=[WEATHER],  # type: ignore[list-item]
                                    tool_choice={"type": "tool", "name": "get_weather"},
                                    extra_body={"temperature": 0.7})  # fmt: skip
     call = first.content[-1]
@@ -50,13 +39,13 @@ def test_tool_use_then_tool_result(template: str, client: anthropic.Anthropic, s
     used = {"type": "tool_use", "id": call.id, "name": call.name, "input": call.input}
     history: Any = [*ask, {"role": "assistant", "content": [used]},
                     {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call.id, "content": "20C"}]}]  # fmt: skip
-    second = client.messages.create(model=served.model, max_tokens=6, messages=history, tools=[WEATHER], **SAMPLED)  # type: ignore[list-item]
+    second = client.messages.create(model=template_server.model, max_tokens=6, messages=history, tools=[WEATHER], **SAMPLED)  # type: ignore[list-item]
     assert second.stop_reason in ("max_tokens", "end_turn", "tool_use") and second.usage.output_tokens >= 1
 
 
 @pytest.mark.parametrize("stream", [False, True])
-def test_thinking(template: str, client: anthropic.Anthropic, served: ServerProcess, stream: bool) -> None:
-    kwargs: Any = dict(model=served.model, max_tokens=10, messages=HELLO, **SAMPLED,
+def test_thinking(template: str, client: anthropic.Anthropic, template_server: ServerProcess, stream: bool) -> None:
+    kwargs: Any = dict(model=template_server.model, max_tokens=10, messages=HELLO, **SAMPLED,
                        thinking={"type": "enabled", "budget_tokens": 3})  # fmt: skip
     if stream:
         with client.messages.stream(**kwargs) as events:
@@ -68,5 +57,5 @@ def test_thinking(template: str, client: anthropic.Anthropic, served: ServerProc
         assert kinds == ["thinking", "text"]
     else:  # the random model never opens a thought by itself
         assert kinds == ["text"]
-    off = client.messages.create(model=served.model, max_tokens=6, messages=HELLO, **SAMPLED)
+    off = client.messages.create(model=template_server.model, max_tokens=6, messages=HELLO, **SAMPLED)
     assert [b.type for b in off.content] == ["text"]  # thinking absent is thinking off, on every template

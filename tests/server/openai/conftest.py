@@ -11,7 +11,7 @@ import openai
 import pytest
 import requests
 
-from tests.conftest import ServerProcess
+from tests.conftest import ServerPool, ServerProcess
 
 
 @pytest.fixture(scope="session")
@@ -66,3 +66,15 @@ def real_template_dirs(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFa
         )
         for name in REAL_TEMPLATES
     }
+
+
+@pytest.fixture(scope="module", params=REAL_TEMPLATES)
+def template(request: pytest.FixtureRequest) -> str:
+    """Each of the real Qwen3 chat templates in turn."""
+    return str(request.param)
+
+
+@pytest.fixture(scope="module")
+def template_server(template: str, real_template_dirs: dict[str, Path], server_pool: ServerPool) -> ServerProcess:
+    """The tiny model with that template, on our torch engine (shared by the OpenAI and Anthropic template tests)."""
+    return server_pool.get(str(real_template_dirs[template]), "--backend", "torch")

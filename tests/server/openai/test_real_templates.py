@@ -9,8 +9,7 @@ import openai
 import pytest
 import requests
 
-from tests.conftest import ServerPool, ServerProcess
-from tests.server.openai.conftest import REAL_TEMPLATES
+from tests.conftest import ServerProcess
 
 THINK_START, THINK_END = "151667", "151668"
 WEATHER = {
@@ -26,45 +25,35 @@ WEATHER = {
 }
 
 
-@pytest.fixture(scope="module", params=REAL_TEMPLATES)
-def template(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
 @pytest.fixture(scope="module")
-def served(template: str, real_template_dirs, server_pool: ServerPool) -> ServerProcess:  # type: ignore[no-untyped-def]
-    return server_pool.get(str(real_template_dirs[template]), "--backend", "torch")
+def client(template_server: ServerProcess) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{template_server.url}/v1", api_key="unused", max_retries=0, timeout=120)
 
 
-@pytest.fixture(scope="module")
-def client(served: ServerProcess) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{served.url}/v1", api_key="unused", max_retries=0, timeout=120)
-
-
-def prompt_text(served: ServerProcess, **body: Any) -> str:
+def prompt_text(template_server: ServerProcess, **body: Any) -> str:
     """The prompt the server renders for a chat request (through /tokenize and /detokenize)."""
-    tokens = requests.post(f"{served.url}/tokenize", json=body, timeout=30).json()["tokens"]
-    return str(requests.post(f"{served.url}/detokenize", json={"tokens": tokens}, timeout=30).json()["prompt"])
+    tokens = requests.post(f"{template_server.url}/tokenize", json=body, timeout=30).json()["tokens"]
+    return str(requests.post(f"{template_server.url}/detokenize", json={"tokens": tokens}, timeout=30).json()["prompt"])
 
 
 def chat(client: openai.OpenAI, messages: list[dict[str, Any]], **kwargs: Any) -> Any:
     return client.chat.completions.create(model=client.models.list().data[0].id, messages=messages, **kwargs)  # type: ignore[arg-type]
 
 
-def test_text_parts_render_like_a_string(served: ServerProcess, client: openai.OpenAI) -> None:
+def test_text_parts_render_like_a_string(template_server: ServerProcess, client: openai.OpenAI) -> None:
     parts = [{"role": "user", "content": [{"type": "text", "text": "Hello "}, {"type": "text", "text": "there"}]}]
     as_string = [{"role": "user", "content": "Hello there"}]
-    assert "<|im_start|>user\nHello there<|im_end|>" in prompt_text(served, messages=parts)
+    assert "<|im_start|>user\nHello there<|im_end|>" in prompt_text(template_server, messages=parts)
     with_parts = chat(client, parts, max_tokens=2, temperature=0)
     with_string = chat(client, as_string, max_tokens=2, temperature=0)
     assert with_parts.usage.prompt_tokens == with_string.usage.prompt_tokens
 
 
 def test_chat_answers_with_the_template_generation_prompt(
-    template: str, served: ServerProcess, client: openai.OpenAI
+    template: str, template_server: ServerProcess, client: openai.OpenAI
 ) -> None:
     hello = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
-    text = prompt_text(served, messages=hello)
+    text = prompt_text(template_server, messages=hello)
     assert text.startswith("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n")
     opens = "<|im_start|>assistant\n<think>\n" if template == "qwen3-4b-thinking-2507" else "<|im_start|>assistant\n"
     assert text.endswith(opens)
@@ -94,9 +83,9 @@ def test_thinking_budget_ends_an_endless_thought(template: str, client: openai.O
     assert reasoning and content  # the thought ended after 4 tokens; the other 7 are the answer
 
 
-def test_thinking_off_where_the_template_has_a_switch(template: str, served: ServerProcess, client: openai.OpenAI) -> None:
+def test_thinking_off_where_the_template_has_a_switch(template: str, template_server: ServerProcess, client: openai.OpenAI) -> None:
     hello = [{"role": "user", "content": "Hi"}]
-    text = prompt_text(served, messages=hello, enable_thinking=False)
+    text = prompt_text(template_server, messages=hello, enable_thinking=False)
     if template == "qwen3-4b":
         assert text.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
         with pytest.raises(openai.BadRequestError) as info:
@@ -119,9 +108,9 @@ def _ask(client: openai.OpenAI, stream: bool, **kwargs: Any) -> tuple[str | None
     return "".join(reasoning) or None, "".join(content)
 
 
-def test_tools_are_offered_and_a_forced_call_is_parsed(served: ServerProcess, client: openai.OpenAI) -> None:
+def test_tools_are_offered_and_a_forced_call_is_parsed(template_server: ServerProcess, client: openai.OpenAI) -> None:
     question = [{"role": "user", "content": "Weather in Paris?"}]
-    text = prompt_text(served, messages=question, tools=[WEATHER])
+    text = prompt_text(template_server, messages=question, tools=[WEATHER])
     assert "<tools>\n" + json.dumps(WEATHER) + "\n</tools>" in text
     assert '<tool_call>\n{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call>' in text
     response = chat(client, question, tools=[WEATHER], tool_choice="required", parallel_tool_calls=False,
@@ -134,7 +123,7 @@ def test_tools_are_offered_and_a_forced_call_is_parsed(served: ServerProcess, cl
 
 
 def test_history_with_tool_calls_results_and_reasoning(
-    template: str, served: ServerProcess, client: openai.OpenAI
+    template: str, template_server: ServerProcess, client: openai.OpenAI
 ) -> None:
     history = [
         {"role": "user", "content": "Weather in Paris?"},
@@ -143,13 +132,13 @@ def test_history_with_tool_calls_results_and_reasoning(
                          "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
         {"role": "tool", "tool_call_id": "call_1", "content": [{"type": "text", "text": "20C"}]},
     ]  # fmt: skip
-    text = prompt_text(served, messages=history, tools=[WEATHER])
+    text = prompt_text(template_server, messages=history, tools=[WEATHER])
     assert '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call><|im_end|>' in text
     assert "<|im_start|>user\n<tool_response>\n20C\n</tool_response><|im_end|>\n" in text
     # The call came after the last user question: templates that know thinking keep its reasoning.
     assert ("<think>\nI should look it up.\n</think>" in text) == (template != "qwen3-4b-instruct-2507")
     later = [*history, {"role": "assistant", "content": "It is 20C."}, {"role": "user", "content": "Thanks"}]
-    text = prompt_text(served, messages=later, tools=[WEATHER])
+    text = prompt_text(template_server, messages=later, tools=[WEATHER])
     assert "I should look it up." not in text  # reasoning before the last question is dropped
     response = chat(client, later, tools=[WEATHER], max_tokens=4, temperature=0)
     assert response.usage.prompt_tokens > 50 and response.choices[0].finish_reason in ("stop", "length")
