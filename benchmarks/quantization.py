@@ -24,10 +24,11 @@ from dataclasses import dataclass
 import torch
 
 from qwen3_api.bench.roofline import measure_read_bandwidth
-from qwen3_api.executors.model_runner import BatchEntry, TorchModelRunner
+from qwen3_api.demo_models.checkpoints import cached_test_model
+from qwen3_api.engine.protocols import BatchEntry
+from qwen3_api.executors.model_runner import TorchModelRunner
 from qwen3_api.models.quantization import QuantizationMethod, quantize_model, weight_bytes
 from qwen3_api.models.weights import load_model
-from qwen3_api.testing.models import cached_test_model
 
 
 @dataclass(frozen=True)

@@ -105,10 +105,10 @@ def build_engine(args: argparse.Namespace, max_num_seqs: int) -> Any:
     import torch
 
     from qwen3_api.config import Settings
+    from qwen3_api.demo_models.gguf import cached_test_gguf
     from qwen3_api.engine.tokenizer import Tokenizer
-    from qwen3_api.executors import llamacpp_runner
     from qwen3_api.models.gguf import read_gguf_metadata
-    from qwen3_api.testing.gguf import cached_test_gguf
+    from qwen3_api.runtime import llamacpp_engine
 
     gguf = Path(cached_test_gguf(args.qtype, shape=args.shape))
     tokenizer = Tokenizer.from_gguf_metadata(read_gguf_metadata(gguf))
@@ -117,26 +117,24 @@ def build_engine(args: argparse.Namespace, max_num_seqs: int) -> Any:
     options = parse_runner_options(args.runner)
     if options:
         # Runner knobs the settings do not carry (or not in every source tree): passed straight through.
-        original = llamacpp_runner.LlamaCppModelRunner
+        original = llamacpp_engine.LlamaCppModelRunner
 
         def patched(*a: Any, **kw: Any) -> Any:
             return original(*a, **{**kw, **options})
 
-        llamacpp_runner.LlamaCppModelRunner = patched  # type: ignore[misc,assignment]
+        llamacpp_engine.LlamaCppModelRunner = patched  # type: ignore[misc,assignment]
         try:
-            engine = llamacpp_runner.build_llamacpp_engine(settings, gguf, tokenizer, args.max_model_len)
+            engine = llamacpp_engine.build_llamacpp_engine(settings, gguf, tokenizer, args.max_model_len)
         finally:
-            llamacpp_runner.LlamaCppModelRunner = original  # type: ignore[misc]
+            llamacpp_engine.LlamaCppModelRunner = original  # type: ignore[misc]
     else:
-        engine = llamacpp_runner.build_llamacpp_engine(settings, gguf, tokenizer, args.max_model_len)
+        engine = llamacpp_engine.build_llamacpp_engine(settings, gguf, tokenizer, args.max_model_len)
     torch.set_num_threads(1)
     return engine, tokenizer
 
 
 def instrument(engine: Any, clock: PhaseClock) -> None:
     """Wrap the engine's parts with timers, phase by phase."""
-    from qwen3_api.engine import llm_engine
-
     runner = engine.runner
     runner._lib = _TimedLibrary(runner._lib, clock)
     clock.wrap(engine.scheduler, "schedule", "schedule")
@@ -146,18 +144,8 @@ def instrument(engine: Any, clock: PhaseClock) -> None:
     if hasattr(runner, "_copy_logits"):
         clock.wrap(runner, "_copy_logits", "logits")
     clock.wrap(engine.sampler, "sample", "sampler")
-    if not hasattr(llm_engine, "_timed_masks"):
-        masks = llm_engine.apply_structured_masks
-        llm_engine._timed_masks = masks  # type: ignore[attr-defined]
-
-        def timed_masks(*a: Any, **kw: Any) -> Any:
-            start = time.perf_counter()
-            try:
-                return masks(*a, **kw)
-            finally:
-                clock.totals["grammar"] += time.perf_counter() - start
-
-        llm_engine.apply_structured_masks = timed_masks  # type: ignore[assignment]
+    if engine.mask_logits is not None:
+        clock.wrap(engine, "mask_logits", "grammar")
 
 
 def sampling_params(workload: str, max_tokens: int, index: int) -> Any:

@@ -17,13 +17,14 @@ import pytest
 import torch
 
 from qwen3_api.config import Settings
+from qwen3_api.demo_models.faults import FaultInjectingRunner, Faults
 from qwen3_api.engine.async_engine import AsyncEngine
-from qwen3_api.engine.llm_engine import LLMEngine, build_llm_engine
+from qwen3_api.engine.llm_engine import LLMEngine
 from qwen3_api.engine.sampling import SamplingParams
 from qwen3_api.engine.structured import StructuredOutput
 from qwen3_api.engine.tokenizer import Tokenizer
 from qwen3_api.errors import EngineDeadError, EngineError, InvalidRequestError, RequestTimeoutError
-from qwen3_api.testing.faults import FaultInjectingRunner, Faults
+from qwen3_api.runtime.torch_engine import build_llm_engine
 
 PROMPT = [9707, 11, 1879, 0]
 SAMPLED = SamplingParams(max_tokens=12, temperature=1.0, ignore_eos=True)

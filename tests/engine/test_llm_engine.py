@@ -12,11 +12,12 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from qwen3_api.config import Settings
-from qwen3_api.engine.llm_engine import LLMEngine, build_llm_engine
+from qwen3_api.demo_models.checkpoints import cached_test_model
+from qwen3_api.engine.llm_engine import LLMEngine
 from qwen3_api.engine.outputs import FinishReason
 from qwen3_api.engine.sampling import SamplingParams
 from qwen3_api.engine.tokenizer import Tokenizer
-from qwen3_api.testing.models import cached_test_model
+from qwen3_api.runtime.torch_engine import build_llm_engine
 
 NEAR_TIE = 1e-4
 

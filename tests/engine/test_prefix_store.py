@@ -11,14 +11,15 @@ import pytest
 import torch
 
 from qwen3_api.config import Settings
+from qwen3_api.demo_models.checkpoints import cached_test_model
 from qwen3_api.engine import prefix_store
 from qwen3_api.engine.kv_cache import KVCacheManager
-from qwen3_api.engine.llm_engine import LLMEngine, build_llm_engine
+from qwen3_api.engine.llm_engine import LLMEngine
 from qwen3_api.engine.prefix_store import MANIFEST, PrefixCacheFormat, PrefixSnapshot, PrefixStore
 from qwen3_api.engine.sampling import SamplingParams
 from qwen3_api.engine.sequence import Sequence
 from qwen3_api.engine.tokenizer import Tokenizer
-from qwen3_api.testing.models import cached_test_model
+from qwen3_api.runtime.torch_engine import build_llm_engine
 
 BLOCK = 4
 SHAPE = (2, 2, BLOCK, 1, 3)  # layers, K/V, block size, heads, head dim

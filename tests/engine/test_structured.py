@@ -21,10 +21,10 @@ import torch
 import transformers
 
 from qwen3_api.chat.tools import ToolCallParser
+from qwen3_api.demo_models.checkpoints import END_TOKEN_IDS, VOCAB_SIZE, cached_test_model
 from qwen3_api.engine.structured import GrammarCompiler, GrammarMatcher, StructuredOutput
 from qwen3_api.errors import InvalidRequestError
 from qwen3_api.executors.structured_mask import apply_structured_masks
-from qwen3_api.testing.models import END_TOKEN_IDS, VOCAB_SIZE, cached_test_model
 
 TOKENIZER_SIZE = 151669  # ids from here to VOCAB_SIZE are padding rows of the model
 TOOL_CALL_OPEN_ID = 151657

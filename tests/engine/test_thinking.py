@@ -8,12 +8,13 @@ import pytest
 import torch
 
 from qwen3_api.config import Settings
-from qwen3_api.engine.llm_engine import LLMEngine, build_llm_engine
+from qwen3_api.engine.llm_engine import LLMEngine
 from qwen3_api.engine.sampling import SamplingParams
 from qwen3_api.engine.structured import StructuredOutput
 from qwen3_api.engine.thinking import ThinkingBudget, ThoughtTracker
 from qwen3_api.engine.tokenizer import Tokenizer
 from qwen3_api.errors import InvalidRequestError
+from qwen3_api.runtime.torch_engine import build_llm_engine
 
 THINK_START, THINK_END = 151667, 151668
 NEVER_CLOSE = ((THINK_END, -100.0),)  # the model alone would never end its thought

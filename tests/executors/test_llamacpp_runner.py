@@ -12,20 +12,21 @@ import pytest
 import torch
 
 from qwen3_api.config import Settings
+from qwen3_api.demo_models.checkpoints import cached_test_model
 from qwen3_api.engine.kv_cache import KVCacheManager
 from qwen3_api.engine.llm_engine import LLMEngine
 from qwen3_api.engine.outputs import FinishReason
+from qwen3_api.engine.protocols import BatchEntry
 from qwen3_api.engine.sampling import SamplingParams
 from qwen3_api.engine.scheduler import Scheduler, SchedulerConfig
 from qwen3_api.engine.sequence import Sequence
 from qwen3_api.engine.tokenizer import Tokenizer
 from qwen3_api.errors import EngineError
-from qwen3_api.executors.model_runner import BatchEntry
 from qwen3_api.executors.sampler import Sampler
-from qwen3_api.testing.models import cached_test_model
 
 pytest.importorskip("llama_cpp")
-from qwen3_api.executors.llamacpp_runner import LlamaCppModelRunner, build_llamacpp_engine  # noqa: E402
+from qwen3_api.executors.llamacpp_runner import LlamaCppModelRunner  # noqa: E402
+from qwen3_api.runtime.llamacpp_engine import build_llamacpp_engine  # noqa: E402
 
 MODELS = {
     # A larger init std than real checkpoints gives random weights usable top-1 margins.
@@ -47,7 +48,7 @@ def model_dir_of(name: str) -> Path:
 
 @functools.cache
 def gguf_of(name: str, qtype: str) -> Path:
-    from qwen3_api.testing.gguf import cached_test_gguf
+    from qwen3_api.demo_models.gguf import cached_test_gguf
 
     return Path(cached_test_gguf(qtype, **MODELS[name]))  # type: ignore[arg-type]
 

@@ -13,7 +13,8 @@ import pytest
 import torch
 from transformers import Qwen3ForCausalLM as HFQwen3ForCausalLM
 
-from qwen3_api.executors.model_runner import BatchEntry, TorchModelRunner
+from qwen3_api.engine.protocols import BatchEntry
+from qwen3_api.executors.model_runner import TorchModelRunner
 from qwen3_api.models.qwen3 import Qwen3ModelConfig
 from qwen3_api.models.weights import load_model
 from tests.hf_models import DEEP, TINY, build_hf_model

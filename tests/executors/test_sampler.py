@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from qwen3_api.engine.protocols import SampledToken, SamplingRow
 from qwen3_api.engine.sampling import SamplingParams
-from qwen3_api.executors.sampler import NUCLEUS_CANDIDATES, SampledToken, Sampler, SamplingRow
+from qwen3_api.executors.sampler import NUCLEUS_CANDIDATES, Sampler
 
 VOCAB = 151936
 

@@ -15,7 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qwen3_api.executors.model_runner import BatchEntry, TorchModelRunner
+from qwen3_api.demo_models.checkpoints import cached_test_model
+from qwen3_api.engine.protocols import BatchEntry
+from qwen3_api.executors.model_runner import TorchModelRunner
 from qwen3_api.models.quantization import (
     Int8Embedding,
     Int8Linear,
@@ -26,7 +28,6 @@ from qwen3_api.models.quantization import (
 )
 from qwen3_api.models.qwen3 import Linear, Qwen3ForCausalLM
 from qwen3_api.models.weights import load_model
-from qwen3_api.testing.models import cached_test_model
 
 LINEAR_REL_ERROR = 0.02  # relative Frobenius error of an Int8Linear output vs float (observed ~0.9-1%)
 MIN_COSINE = 0.99  # per position, quantized vs float logits (observed >= 0.997)

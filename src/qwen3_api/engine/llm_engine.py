@@ -8,27 +8,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
-from pathlib import Path
 
 import torch
 
-from qwen3_api.config import Settings
-from qwen3_api.engine.kv_cache import KVCacheManager
 from qwen3_api.engine.outputs import CoreOutput, FinishReason
 from qwen3_api.engine.prefix_store import PrefixSnapshot
+from qwen3_api.engine.protocols import BatchEntry, LogitsMasker, ModelRunner, SampledToken, SamplingRow, TokenSampler
 from qwen3_api.engine.sampling import SamplingParams
-from qwen3_api.engine.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
+from qwen3_api.engine.scheduler import Scheduler, SchedulerOutput
 from qwen3_api.engine.sequence import Sequence
 from qwen3_api.engine.structured import GrammarCompiler, GrammarMatcher, StructuredOutput
 from qwen3_api.engine.thinking import ThoughtTracker
-from qwen3_api.engine.tokenizer import Tokenizer
-from qwen3_api.errors import InvalidRequestError, ModelLoadError
-from qwen3_api.executors.model_runner import BatchEntry, TorchModelRunner
-from qwen3_api.executors.runner import ModelRunner
-from qwen3_api.executors.sampler import SampledToken, Sampler, SamplingRow
-from qwen3_api.executors.structured_mask import apply_structured_masks
-from qwen3_api.models.quantization import quantize_model
-from qwen3_api.models.weights import load_model
+from qwen3_api.errors import InvalidRequestError
 
 logger = logging.getLogger(__name__)
 
@@ -40,12 +31,18 @@ class LLMEngine:
         self,
         scheduler: Scheduler,
         runner: ModelRunner,
-        sampler: Sampler,
+        sampler: TokenSampler,
         grammar_compiler: Callable[[], GrammarCompiler] | None = None,
+        mask_logits: LogitsMasker | None = None,
     ) -> None:
+        """Structured output needs both `grammar_compiler` (builds the grammars) and `mask_logits` (applies them
+        to a step's logits, on the runner's device)."""
+        if (grammar_compiler is None) != (mask_logits is None):
+            raise ValueError("structured output needs both grammar_compiler and mask_logits, or neither")
         self.scheduler = scheduler
         self.runner = runner
         self.sampler = sampler
+        self.mask_logits = mask_logits
         self.max_model_len = scheduler.config.max_model_len
         self._make_compiler = grammar_compiler
         self._compiler: GrammarCompiler | None = None
@@ -221,15 +218,18 @@ class LLMEngine:
 
         Adding a mask twice changes nothing (0 + 0, -inf + -inf), so rows masked before a failure are safe."""
         matchers = [self._matchers.get(s.request_id) for s in sampling]
+        mask_logits = self.mask_logits
+        if mask_logits is None:  # unreachable: without it no grammar compiles, so no request has a matcher
+            raise InvalidRequestError("structured output is not available on this engine", "response_format")
         try:
-            apply_structured_masks(logits, matchers)
+            mask_logits(logits, matchers)
             return
         except Exception:
             logger.exception("batched grammar masks failed; retrying row by row")
         for i, (seq, matcher) in enumerate(zip(sampling, matchers, strict=True)):
             if matcher is not None:
                 try:
-                    apply_structured_masks(logits[i : i + 1], [matcher])
+                    mask_logits(logits[i : i + 1], [matcher])
                 except Exception as exc:
                     failed[seq.request_id] = _describe("the grammar mask failed", exc, seq.request_id)
 
@@ -286,91 +286,3 @@ class LLMEngine:
 def _describe(what: str, exc: Exception, request_id: str) -> str:
     logger.error("request %s: %s: %r", request_id, what, exc)
     return f"{what}: {exc}" if str(exc) else f"{what}: {type(exc).__name__}"
-
-
-CPU_DEFAULT_KV_GIB = 1.0
-
-
-def kv_cache_budget_gib(settings: Settings, device: torch.device) -> float:
-    """The KV cache budget: explicit GiB, else a share of free GPU memory (after the weights), else 1 GiB on CPU."""
-    if settings.kv_cache_memory is not None:
-        return settings.kv_cache_memory
-    if device.type == "cuda":
-        free_bytes, _ = torch.cuda.mem_get_info(device)
-        return settings.kv_cache_fraction * free_bytes / 2**30
-    return CPU_DEFAULT_KV_GIB
-
-
-def build_llm_engine(
-    settings: Settings,
-    model_dir: Path,
-    device: torch.device,
-    dtype: torch.dtype,
-    tokenizer: Tokenizer,
-    max_model_len: int,
-    quantize: str = "none",
-) -> LLMEngine:
-    """Load the model, size the KV cache from `--kv-cache-memory`, and wire scheduler, runner and sampler."""
-    # Qwen3 checkpoints are bfloat16: loading them so is exact and halves the float peak before quantizing.
-    load_dtype = torch.bfloat16 if quantize != "none" and dtype == torch.float32 else dtype
-    model = quantize_model(load_model(model_dir, dtype=load_dtype, device=device), quantize)  # type: ignore[arg-type]
-    if device.type == "cuda":
-        torch.cuda.empty_cache()  # give the freed float weights back before sizing the KV cache from free memory
-    block_size = settings.block_size
-    budget = kv_cache_budget_gib(settings, device)
-    num_blocks = TorchModelRunner.num_blocks_for_budget(model.config, dtype, block_size, budget)
-    capacity = num_blocks * block_size
-    if capacity < max_model_len:
-        if capacity < block_size * 2:
-            raise ModelLoadError(
-                f"a KV cache of {budget:.2f} GiB holds only {capacity} tokens; raise --kv-cache-memory"
-            )
-        logger.warning(
-            "the KV cache holds %d tokens, fewer than the context length %d: max_model_len lowered to %d",
-            capacity, max_model_len, capacity,
-        )  # fmt: skip
-        max_model_len = capacity
-    logger.info(
-        "KV cache budget %.2f GiB = %d blocks of %d tokens = %d tokens", budget, num_blocks,
-        block_size, capacity,
-    )  # fmt: skip
-    runner = TorchModelRunner(model, dtype=dtype, device=device, num_blocks=num_blocks, block_size=block_size)
-    return assemble_engine(
-        settings, runner, tokenizer, num_blocks, max_model_len, model.config.vocab_size, sampler_device=device
-    )
-
-
-def assemble_engine(
-    settings: Settings,
-    runner: ModelRunner,
-    tokenizer: Tokenizer,
-    num_blocks: int,
-    max_model_len: int,
-    vocab_size: int,
-    prefix_source: Callable[[Sequence], int] | None = None,
-    sampler_device: torch.device | str = "cpu",
-) -> LLMEngine:
-    """Wire a model runner to the scheduler, KV block accounting, sampler and structured output.
-
-    Prefix reuse follows `--enable-prefix-caching`: by hashed blocks, or through `prefix_source` for a runner
-    that keeps its own cache.
-    """
-    config = SchedulerConfig(
-        max_num_seqs=settings.max_num_seqs,
-        max_num_batched_tokens=max(settings.max_num_batched_tokens, settings.max_num_seqs),
-        block_size=settings.block_size,
-        max_model_len=max_model_len,
-        eos_token_ids=tokenizer.eos_token_ids,
-    )
-    reuse = settings.enable_prefix_caching
-    kv = KVCacheManager(
-        num_blocks,
-        settings.block_size,
-        enable_prefix_caching=reuse and prefix_source is None,
-        prefix_source=prefix_source if reuse else None,
-    )
-
-    def grammar_compiler() -> GrammarCompiler:
-        return GrammarCompiler(tokenizer.grammar_tokenizer(vocab_size), vocab_size, tokenizer.eos_token_ids)
-
-    return LLMEngine(Scheduler(config, kv), runner, Sampler(device=sampler_device), grammar_compiler)

@@ -27,13 +27,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from qwen3_api.config import Settings
-from qwen3_api.engine.llm_engine import LLMEngine, assemble_engine
-from qwen3_api.engine.sequence import Sequence
-from qwen3_api.engine.tokenizer import Tokenizer
+from qwen3_api.engine.protocols import BatchEntry
 from qwen3_api.errors import EngineError, ModelLoadError
-from qwen3_api.executors.llamacpp_options import flash_attention_for, resolve_weight_repack
-from qwen3_api.executors.model_runner import BatchEntry
+from qwen3_api.executors.llamacpp_options import resolve_weight_repack
 from qwen3_api.executors.slot_pool import SlotOp, SlotPool
 from qwen3_api.models.llama_vocab import init_llama_backend
 
@@ -337,51 +333,3 @@ class LlamaCppModelRunner:
     def __del__(self) -> None:
         with contextlib.suppress(Exception):  # at interpreter shutdown the library may already be gone
             self.close()
-
-
-def build_llamacpp_engine(
-    settings: Settings,
-    gguf_path: Path,
-    tokenizer: Tokenizer,
-    max_model_len: int,
-    *,
-    n_threads: int | None = None,
-    kv_cache_type: str | None = None,
-    kv_cells: int | None = None,
-) -> LLMEngine:
-    """Our engine (scheduler, sampler, structured output) on a llama.cpp runner for a GGUF file.
-
-    `kv_cells` sizes the shared pool when `settings.llamacpp_kv_unified` (default: every sequence at full length).
-    """
-    # torch only samples here. Its OpenMP threads and llama.cpp's (a second OpenMP runtime) spin-wait for work;
-    # on few cores they starve each other: measured 3 vs 271 tok/s on the tiny model, 2 cores, in the server.
-    torch.set_num_threads(1)
-    max_num_seqs = settings.max_num_seqs
-    step_tokens = max(settings.max_num_batched_tokens, max_num_seqs)
-    unified = settings.llamacpp_kv_unified
-    runner = LlamaCppModelRunner(
-        gguf_path, max_num_seqs=max_num_seqs, max_model_len=max_model_len,
-        n_threads=n_threads or settings.llamacpp_threads, n_threads_batch=settings.llamacpp_threads_batch,
-        n_batch=step_tokens, n_ubatch=settings.llamacpp_ubatch,
-        kv_cache_type=kv_cache_type or settings.kv_cache_dtype, flash_attention=flash_attention_for(settings),
-        reuse_prefixes=settings.enable_prefix_caching, min_reuse_tokens=settings.block_size,
-        min_copy_tokens=max(64, settings.block_size), weight_repack=settings.llamacpp_weight_repack,
-        kv_unified=unified, kv_cells=kv_cells,
-    )  # fmt: skip
-    if max_model_len > runner.n_ctx_train:
-        logger.warning("max_model_len %d is past the model's training context %d", max_model_len, runner.n_ctx_train)
-    block_size = settings.block_size
-    if unified:
-        # One pool: the scheduler's blocks are its cells (rounded down), so it admits and preempts by what really
-        # fits; a block holds at least as many tokens as the cells it stands for, so llama.cpp never runs short.
-        num_blocks = runner.n_ctx // block_size
-        max_model_len = min(max_model_len, num_blocks * block_size)
-    else:
-        # Every running sequence owns max_model_len cells in llama.cpp, so blocks must never be the binding limit:
-        # the scheduler then never preempts.
-        num_blocks = max_num_seqs * math.ceil(max_model_len / block_size)
-
-    def prefix_source(seq: Sequence) -> int:
-        return runner.lookup_prefix(seq.request_id, seq.all_token_ids)
-
-    return assemble_engine(settings, runner, tokenizer, num_blocks, max_model_len, runner.vocab_size, prefix_source)

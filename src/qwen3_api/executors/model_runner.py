@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from qwen3_api.engine.protocols import BatchEntry
 from qwen3_api.executors.attention import (
     PagedAttention,
     PagedAttentionMetadata,
@@ -19,17 +19,6 @@ from qwen3_api.models.qwen3 import Qwen3ForCausalLM, Qwen3ModelConfig
 from qwen3_api.models.weights import load_model, resolve_dtype
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class BatchEntry:
-    """One sequence's share of a step, as decided by the scheduler."""
-
-    token_ids: list[int]  # the new tokens to compute this step
-    start_position: int  # absolute position of token_ids[0] (= tokens already in the cache for this sequence)
-    block_table: list[int]  # physical block ids covering positions 0..start_position + len(token_ids) - 1
-    need_logits: bool
-    request_id: str = ""  # runners that keep per-sequence state (llama.cpp's sequence ids) key it by this
 
 
 class TorchModelRunner:

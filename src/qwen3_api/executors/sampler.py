@@ -25,11 +25,11 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 
 import torch
 
 from qwen3_api.engine.outputs import TokenLogprob
+from qwen3_api.engine.protocols import SampledToken, SamplingRow
 from qwen3_api.engine.sampling import SamplingParams
 from qwen3_api.errors import InvalidRequestError
 
@@ -39,26 +39,9 @@ from qwen3_api.errors import InvalidRequestError
 NUCLEUS_CANDIDATES = (1024, 16384)
 
 
-@dataclass(frozen=True)
-class SamplingRow:
-    """One row of the logits: whose it is, how to sample it, and the token history the penalties look at."""
-
-    request_id: str
-    params: SamplingParams
-    prompt_token_ids: list[int]
-    output_token_ids: list[int]
-
-
-@dataclass(frozen=True)
-class SampledToken:
-    """The token chosen for one row, with its log-probability when the request asked for logprobs."""
-
-    token_id: int
-    logprob: TokenLogprob | None
-
-
 class Sampler:
-    """Picks the next token for every row of a batch; keeps one generator per seeded request."""
+    """Picks the next token for every row of a batch; keeps one generator per seeded request (an engine
+    `TokenSampler`)."""
 
     def __init__(self, seed: int | None = None, device: torch.device | str = "cpu") -> None:
         """`seed` makes the shared generator of unseeded rows reproducible (tests, benchmarks); `device` is where
