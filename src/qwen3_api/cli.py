@@ -191,8 +191,8 @@ def make_test_model(
     ] = None,
 ) -> None:
     """Build a model directory: the real Qwen3 tokenizer and seeded random weights in a real Qwen3 shape."""
-    from qwen3_api.testing.gguf import gguf_file_name, parse_gguf_type, write_gguf
-    from qwen3_api.testing.models import build_test_model
+    from qwen3_api.demo_models.checkpoints import build_test_model
+    from qwen3_api.demo_models.gguf import gguf_file_name, parse_gguf_type, write_gguf
 
     configure_logging("info")
     if out_dir.exists() and any(out_dir.iterdir()):
@@ -218,7 +218,7 @@ def download(
 ) -> None:
     """Fetch a model into the HF cache ahead of time, so `serve` starts without downloading."""
     from qwen3_api.errors import ModelLoadError
-    from qwen3_api.models.source import canonical_model_name, resolve_model
+    from qwen3_api.runtime.source import canonical_model_name, resolve_model
 
     configure_logging("info")
     try:

@@ -76,9 +76,9 @@ def test_template_end_and_special_tokens_come_from_the_file(tokenizer: Tokenizer
 
 def test_think_markers_of_a_qwen_gguf_are_the_hf_tokenizers(tiny_model_dir: Path) -> None:
     """The thinking budget needs `<think>`/`</think>` ids on llama.cpp too; SmolLM2 has no such tokens."""
-    from qwen3_api.models.gguf import resolve_gguf
+    from qwen3_api.demo_models.gguf import cached_test_gguf
 
-    qwen = Tokenizer.from_gguf(resolve_gguf("test:tiny:gguf=F32"))
+    qwen = Tokenizer.from_gguf(cached_test_gguf("F32", shape="tiny"))
     assert qwen.think_token_ids == Tokenizer(tiny_model_dir).think_token_ids == (151667, 151668)
 
 

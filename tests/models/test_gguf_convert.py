@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from qwen3_api.config import Settings
-from qwen3_api.engine.loader import choose_runtime
+from qwen3_api.demo_models.gguf import cached_test_gguf
 from qwen3_api.errors import ModelLoadError
 from qwen3_api.models.gguf_convert import convert_checkpoint
-from qwen3_api.testing.gguf import cached_test_gguf
+from qwen3_api.runtime.loader import choose_runtime
 
 gguf = pytest.importorskip("gguf")
 pytest.importorskip("llama_cpp")

@@ -1,4 +1,5 @@
-"""Resolving GGUF model names: local files, test specs, HF repo + quant (cache first), and clear failures."""
+"""Resolving GGUF model names: local files, HF repo + quant (cache first), and clear failures (demo `test:` specs:
+tests/runtime/test_source.py)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from qwen3_api.demo_models.gguf import cached_test_gguf
 from qwen3_api.errors import ModelLoadError
 from qwen3_api.models import gguf as gguf_source
 from qwen3_api.models.gguf import is_gguf_spec, quant_of, resolve_gguf
-from qwen3_api.models.source import resolve_model
-from qwen3_api.testing.gguf import cached_test_gguf
 
 REPO = "Qwen/Qwen3-4B-GGUF"
 
@@ -74,17 +74,6 @@ def test_local_file(tiny_q8: Path, tmp_path: Path) -> None:
         resolve_gguf(str(not_gguf))
     with pytest.raises(ModelLoadError, match="not a file"):
         resolve_gguf(str(tmp_path))
-
-
-def test_test_spec_gives_the_cached_gguf(tiny_q8: Path, tiny_model_dir: Path) -> None:
-    assert resolve_gguf("test:tiny:gguf=Q8_0") == tiny_q8
-    assert resolve_gguf("test:tiny:gguf=q8_0") == tiny_q8
-    # The same spec given to resolve_model names the directory the GGUF was made from.
-    assert resolve_model("test:tiny:gguf=Q8_0") == tiny_model_dir
-    with pytest.raises(ModelLoadError, match=r"names no GGUF type.*test:tiny:gguf=Q8_0"):
-        resolve_gguf("test:tiny")
-    with pytest.raises(ModelLoadError, match="unknown GGUF type"):
-        resolve_gguf("test:tiny:gguf=Q2_K")
 
 
 def test_unreachable_hub_fails_fast_with_a_hint(offline_hub: Path) -> None:

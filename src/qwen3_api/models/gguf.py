@@ -219,17 +219,8 @@ def _resolve_local(path: Path) -> Path:
 
 
 def resolve_gguf(name: str) -> Path:
-    """The local GGUF file `name` names, downloading (HF repo) or building (test spec) it when needed."""
-    if name.startswith("test:"):
-        from qwen3_api.models.source import test_model_options
-        from qwen3_api.testing.gguf import cached_test_gguf
-
-        options = test_model_options(name)
-        qtype = options.pop("gguf", None)
-        if qtype is None:
-            example = name + (",gguf=Q8_0" if name.count(":") >= 2 else ":gguf=Q8_0")
-            raise ModelLoadError(f"{name!r} names no GGUF type; add one, e.g. {example}")
-        return cached_test_gguf(qtype, **options)  # type: ignore[arg-type]
+    """The local GGUF file `name` names: a path, or a file of an HF repo (downloaded when needed). A `test:` spec
+    is a demo model, built by qwen3_api.runtime.source.resolve_gguf_model."""
     path = Path(name).expanduser()
     if path.exists() or (name.lower().endswith(".gguf") and not _split_hub_name(name)):
         return _resolve_local(path)

@@ -37,7 +37,7 @@ EngineLoader = Callable[[Settings], "AsyncEngine"]
 
 
 def _default_loader(settings: Settings) -> AsyncEngine:
-    from qwen3_api.engine.loader import load_engine  # imports torch: only ever in the loading thread
+    from qwen3_api.runtime.loader import load_engine  # imports torch: only ever in the loading thread
 
     return load_engine(settings)
 

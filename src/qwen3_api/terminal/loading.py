@@ -42,8 +42,8 @@ class _StepsHandler(logging.Handler):
 
 def load_with_progress(settings: Settings, console: Console) -> AsyncEngine | None:
     """Load the engine as `serve` does; None (after one clear line) when the model cannot be loaded."""
-    from qwen3_api.engine.loader import load_engine
     from qwen3_api.errors import Qwen3APIError
+    from qwen3_api.runtime.loader import load_engine
 
     progress = Progress(
         SpinnerColumn(finished_text="[green]✓[/green]"),

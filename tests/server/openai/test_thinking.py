@@ -7,7 +7,7 @@ import pytest
 import requests
 
 from qwen3_api.config import Settings
-from qwen3_api.engine.loader import load_engine
+from qwen3_api.runtime.loader import load_engine
 from qwen3_api.server.openai.protocol import ChatCompletionRequest
 from qwen3_api.server.openai.serving_chat import ChatServing
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 
 from qwen3_api.config import Settings
-from qwen3_api.engine.loader import (
+from qwen3_api.errors import ModelLoadError
+from qwen3_api.runtime.loader import (
     LLAMACPP_DEFAULT_MAX_NUM_SEQS,
     gguf_max_model_len,
     llamacpp_kv_plan,
     llamacpp_settings,
 )
-from qwen3_api.errors import ModelLoadError
 
 # 28 layers x 8 KV heads x 128 dims x (K, V) x 2 bytes = 114,688 bytes per token (the 0.6b shape).
 METADATA = {

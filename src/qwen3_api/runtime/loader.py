@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from qwen3_api.config import Settings
+from qwen3_api.demo_models.faults import Faults, split_faults
 from qwen3_api.engine.async_engine import AsyncEngine
 from qwen3_api.engine.core import EngineCore
 from qwen3_api.engine.tokenizer import Tokenizer
 from qwen3_api.errors import ModelLoadError
 from qwen3_api.models.identity import model_identity
-from qwen3_api.models.source import canonical_model_name, resolve_model
-from qwen3_api.testing.faults import Faults, split_faults
+from qwen3_api.runtime.source import canonical_model_name, resolve_gguf_model, resolve_model
 
 if TYPE_CHECKING:
     from qwen3_api.engine.llm_engine import LLMEngine
@@ -225,9 +225,7 @@ def llamacpp_kv_plan(
 
 
 def _load_gguf_engine(settings: Settings, model_name: str, started: float, faults: Faults | None) -> AsyncEngine:
-    from qwen3_api.models.gguf import resolve_gguf
-
-    path = resolve_gguf(model_name)
+    path = resolve_gguf_model(model_name)
     runtime = choose_runtime(llamacpp_settings(settings), gguf=True)
     logger.info("runtime: %s (%s)", runtime, runtime.reason)
     return _serve_gguf(settings, path, None, model_name, started, faults)
@@ -242,8 +240,8 @@ def _serve_gguf(
     faults: Faults | None = None,
 ) -> AsyncEngine:
     """Serve the GGUF file `path` on llama.cpp; `tokenizer` None takes the file's own (llama.cpp's vocabulary)."""
-    from qwen3_api.executors.llamacpp_runner import build_llamacpp_engine
     from qwen3_api.models.gguf import read_gguf_metadata
+    from qwen3_api.runtime.llamacpp_engine import build_llamacpp_engine
 
     _check_prefix_cache_dir(settings, "llamacpp")
     settings = llamacpp_settings(settings)
@@ -273,8 +271,8 @@ def _serving(
 ) -> AsyncEngine:
     """The loaded core behind its asyncio front, with the load time logged."""
     logger.info("model loaded in %.1f s (max_model_len %d)", time.perf_counter() - started, core.max_model_len)
-    if faults is not None:  # a test model spec asked for injected faults (qwen3_api.testing.faults)
-        from qwen3_api.testing.faults import FaultInjectingRunner
+    if faults is not None:  # a demo model spec asked for injected faults (qwen3_api.demo_models.faults)
+        from qwen3_api.demo_models.faults import FaultInjectingRunner
 
         runner = getattr(core, "runner", None)
         if runner is None:
@@ -322,7 +320,7 @@ def load_engine(settings: Settings) -> AsyncEngine:
         _check_prefix_cache_dir(settings, "reference")
         core: EngineCore = ReferenceCore(model_dir, dtype, device, tokenizer.eos_token_ids, max_len)
     else:
-        from qwen3_api.engine.llm_engine import build_llm_engine
+        from qwen3_api.runtime.torch_engine import build_llm_engine
 
         engine = build_llm_engine(settings, model_dir, device, dtype, tokenizer, max_len, runtime.quantize)
         engine.prepare_grammar()

@@ -1,4 +1,5 @@
-"""Resolve what `--model` names into a local model directory: an HF repo id, a local path, or a test model."""
+"""Resolve what `--model` names into local files: an HF repo id, a local path, a GGUF file or repo, or a demo
+`test:` model (built on first use by qwen3_api.demo_models)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 
 from qwen3_api.config import DEFAULT_MODEL
 from qwen3_api.errors import ModelLoadError
+from qwen3_api.models.gguf import resolve_gguf
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +59,7 @@ def _download(repo_id: str) -> Path:
 
 def test_model_options(name: str) -> dict[str, object]:
     """The options of a `test:<shape>[:key=value,...]` spec; a bad spec is a ModelLoadError."""
-    from qwen3_api.testing.models import parse_test_model_spec
+    from qwen3_api.demo_models.checkpoints import parse_test_model_spec
 
     try:
         return parse_test_model_spec(name)
@@ -68,10 +70,10 @@ def test_model_options(name: str) -> dict[str, object]:
 def resolve_model(name: str) -> Path:
     """A local directory holding the model `name` names, downloading or building it when needed."""
     if name.startswith("test:"):
-        from qwen3_api.testing.models import cached_test_model
+        from qwen3_api.demo_models.checkpoints import cached_test_model
 
         options = test_model_options(name)
-        options.pop("gguf", None)  # the directory the GGUF is made from; models.gguf.resolve_gguf gives the file
+        options.pop("gguf", None)  # the directory the GGUF is made from; resolve_gguf_model gives the file
         return cached_test_model(**options)  # type: ignore[arg-type]
     path = Path(name).expanduser()
     if path.exists():
@@ -83,3 +85,18 @@ def resolve_model(name: str) -> Path:
             f"{name!r} is neither an existing directory nor an HF repo id (owner/name). {OFFLINE_HINT}"
         )
     return _check_model_dir(_download(canonical_model_name(name)))
+
+
+def resolve_gguf_model(name: str) -> Path:
+    """The local GGUF file `name` names (see `models.gguf.is_gguf_spec`), downloading (HF repo) or building (demo
+    `test:...:gguf=TYPE` spec) it when needed."""
+    if not name.startswith("test:"):
+        return resolve_gguf(name)
+    from qwen3_api.demo_models.gguf import cached_test_gguf
+
+    options = test_model_options(name)
+    qtype = options.pop("gguf", None)
+    if qtype is None:
+        example = name + (",gguf=Q8_0" if name.count(":") >= 2 else ":gguf=Q8_0")
+        raise ModelLoadError(f"{name!r} names no GGUF type; add one, e.g. {example}")
+    return cached_test_gguf(qtype, **options)  # type: ignore[arg-type]

@@ -1,4 +1,5 @@
-"""Resolving --model: local directories, test models, aliases, and a clear failure without the hub."""
+"""Resolving --model: local directories, test models (directories and GGUF files), aliases, and a clear failure
+without the hub."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from qwen3_api.demo_models.checkpoints import parse_test_model_spec
+from qwen3_api.demo_models.gguf import cached_test_gguf
 from qwen3_api.errors import ModelLoadError
-from qwen3_api.models.source import canonical_model_name, resolve_model
-from qwen3_api.testing.models import parse_test_model_spec
+from qwen3_api.runtime.source import canonical_model_name, resolve_gguf_model, resolve_model
 from tests.conftest import REPO_ROOT, free_port
 
 
@@ -34,6 +36,18 @@ def test_test_model_spec(tiny_model_dir: Path) -> None:
     }  # fmt: skip
     with pytest.raises(ModelLoadError):
         resolve_model("test:huge")
+
+
+def test_test_spec_gives_the_cached_gguf(tiny_model_dir: Path) -> None:
+    tiny_q8 = cached_test_gguf("Q8_0", shape="tiny")
+    assert resolve_gguf_model("test:tiny:gguf=Q8_0") == tiny_q8
+    assert resolve_gguf_model("test:tiny:gguf=q8_0") == tiny_q8
+    # The same spec given to resolve_model names the directory the GGUF was made from.
+    assert resolve_model("test:tiny:gguf=Q8_0") == tiny_model_dir
+    with pytest.raises(ModelLoadError, match=r"names no GGUF type.*test:tiny:gguf=Q8_0"):
+        resolve_gguf_model("test:tiny")
+    with pytest.raises(ModelLoadError, match="unknown GGUF type"):
+        resolve_gguf_model("test:tiny:gguf=Q2_K")
 
 
 def test_original_docs_id_is_an_alias_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
