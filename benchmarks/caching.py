@@ -25,7 +25,7 @@ import httpx
 
 from qwen3_api.bench.prompts import PromptBuilder
 from qwen3_api.bench.server_process import ServerProcess, free_port
-from qwen3_api.testing.models import cached_test_model
+from qwen3_api.demo_models.checkpoints import cached_test_model
 
 
 def start_server(model_dir: Path, log_dir: Path, name: str, extra: list[str]) -> ServerProcess:

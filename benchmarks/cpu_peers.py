@@ -171,8 +171,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    from qwen3_api.testing.gguf import cached_test_gguf, parse_gguf_type
-    from qwen3_api.testing.models import cached_test_model
+    from qwen3_api.demo_models.checkpoints import cached_test_model
+    from qwen3_api.demo_models.gguf import cached_test_gguf, parse_gguf_type
 
     contenders = [args.only] if args.only else list(CONTENDERS)
     binary = None

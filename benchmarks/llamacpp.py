@@ -33,8 +33,8 @@ from qwen3_api.bench.metrics import BenchResult, summarize
 from qwen3_api.bench.prompts import PromptBuilder
 from qwen3_api.bench.roofline import measure_read_bandwidth
 from qwen3_api.bench.server_process import ServerProcess, free_port
-from qwen3_api.testing.gguf import cached_test_gguf, parse_gguf_type
-from qwen3_api.testing.models import END_TOKEN_IDS, cached_test_model
+from qwen3_api.demo_models.checkpoints import END_TOKEN_IDS, cached_test_model
+from qwen3_api.demo_models.gguf import cached_test_gguf, parse_gguf_type
 
 SERVERS = ("llama_cpp.server", "ours --backend llamacpp")
 
@@ -138,7 +138,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", default="0.6b")
     parser.add_argument("--with-4b", action="store_true", help="also the 4b shape")
-    parser.add_argument("--qtypes", default="Q8_0", help="comma-separated GGUF types (what testing/gguf.py writes)")
+    parser.add_argument("--qtypes", default="Q8_0", help="comma-separated GGUF types (what demo_models/gguf.py writes)")
     parser.add_argument("--concurrency", default="1,4", type=lambda s: [int(x) for x in s.split(",")])
     parser.add_argument("--num-requests", type=int, default=8)
     parser.add_argument("--prompt-tokens", type=int, default=64)

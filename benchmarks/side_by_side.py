@@ -32,7 +32,7 @@ from qwen3_api.bench.metrics import BenchResult
 from qwen3_api.bench.prompts import PromptBuilder
 from qwen3_api.bench.roofline import measure_read_bandwidth, weight_bytes_per_token
 from qwen3_api.bench.server_process import ServerProcess, ServerStartError, free_port
-from qwen3_api.testing.models import cached_test_model
+from qwen3_api.demo_models.checkpoints import cached_test_model
 
 LABELS = {
     "a": "HF generate (in-process)",

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from qwen3_api.testing.models import cached_test_model
+from qwen3_api.demo_models.checkpoints import cached_test_model
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

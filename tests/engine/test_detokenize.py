@@ -7,8 +7,8 @@ import random
 import pytest
 import transformers
 
+from qwen3_api.demo_models.checkpoints import cached_test_model
 from qwen3_api.engine.detokenize import IncrementalDetokenizer
-from qwen3_api.testing.models import cached_test_model
 
 IM_END = 151645
 THINK = 151667

@@ -13,7 +13,7 @@ from tests.conftest import ServerProcess
 
 IDLE = {"running": 0.0, "waiting": 0.0, "kv_blocks_used": 0.0, "unfinished": 0.0}
 
-# Token ids the fault-injecting test runner reacts to (qwen3_api.testing.faults), in prompt chunks only.
+# Token ids the fault-injecting test runner reacts to (qwen3_api.demo_models.faults), in prompt chunks only.
 NAN_TOKEN = 150000
 FAIL_TOKEN = 150001
 DIE_TOKEN = 150002

@@ -1,7 +1,7 @@
 """Faults: one request's failure fails it alone; a failed step fails its batch and the engine goes on; a dead engine
 loop ends every request with an error, turns /health and /live to 503 and exits the process non-zero.
 
-Faults come from the fault-injecting test runner (qwen3_api.testing.faults), triggered by token ids in a prompt.
+Faults come from the fault-injecting test runner (qwen3_api.demo_models.faults), triggered by token ids in a prompt.
 """
 
 from __future__ import annotations

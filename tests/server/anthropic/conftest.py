@@ -28,7 +28,7 @@ def model_id(torch_server: ServerProcess) -> str:
 
 @pytest.fixture(scope="session")
 def opened_think_gguf(opened_think_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from qwen3_api.testing.gguf import write_gguf
+    from qwen3_api.demo_models.gguf import write_gguf
 
     return write_gguf(opened_think_model_dir, tmp_path_factory.mktemp("opened-think-gguf") / "opened-think-F32.gguf")
 

@@ -1,6 +1,7 @@
-"""Fault injection for tests: a model runner that is slow, or fails, when chosen tokens reach it.
+"""Fault injection, an option of the demo models: a model runner that is slow, or fails, when chosen tokens reach
+it.
 
-Selected only by options of a test model spec, so no production path can reach it:
+Selected only by options of a `test:` model spec, so no real model can reach it:
 `test:tiny:delay_ms=50,fail_token=1234` (or with `gguf=F32` for the llama.cpp backend). Options:
 
 - `delay_ms=D`: every forward sleeps D ms first (makes prefill and decode last long enough to disconnect, time out
@@ -24,8 +25,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # parsing a spec (split_faults) must not import torch
     import torch
 
-    from qwen3_api.executors.model_runner import BatchEntry
-    from qwen3_api.executors.runner import ModelRunner
+    from qwen3_api.engine.protocols import BatchEntry, ModelRunner
 
 FAULT_OPTIONS = ("delay_ms", "fail_token", "nan_token", "die_token")
 

@@ -20,7 +20,7 @@ def gguf_file_name(model_dir: Path, qtype: GGUFType) -> str:
 
 def cached_test_gguf(qtype: GGUFType = "F32", **model_options: Any) -> Path:
     """The GGUF of `cached_test_model(**model_options)`, cached next to the model directory, built on first use."""
-    from qwen3_api.testing.models import cached_test_model
+    from qwen3_api.demo_models.checkpoints import cached_test_model
 
     qtype = parse_gguf_type(qtype)
     model_dir = cached_test_model(**model_options)

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
+from qwen3_api.demo_models.checkpoints import VOCAB_SIZE, parse_test_model_spec
+from qwen3_api.demo_models.gguf import cached_test_gguf
+from qwen3_api.demo_models.tokenizer import QWEN3_ADDED_TOKENS
 from qwen3_api.engine.tokenizer import Tokenizer
 from qwen3_api.models.gguf import read_gguf_metadata
-from qwen3_api.testing.gguf import cached_test_gguf
-from qwen3_api.testing.models import VOCAB_SIZE, parse_test_model_spec
-from qwen3_api.testing.tokenizer import QWEN3_ADDED_TOKENS
 from tests.conftest import REPO_ROOT
 from tests.llama_reference import reference_llama
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from qwen3_api.testing.faults import Faults, split_faults
+from qwen3_api.demo_models.faults import Faults, split_faults
 
 
 def test_fault_options_are_split_off_and_the_rest_is_kept() -> None:

@@ -10,7 +10,7 @@ import tiktoken
 from tiktoken.load import load_tiktoken_bpe
 from transformers import AutoTokenizer
 
-from qwen3_api.testing.tokenizer import QWEN3_ADDED_TOKENS, qwen_pattern, tiktoken_file
+from qwen3_api.demo_models.tokenizer import QWEN3_ADDED_TOKENS, qwen_pattern, tiktoken_file
 
 
 @pytest.fixture(scope="module")

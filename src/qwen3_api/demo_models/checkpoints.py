@@ -168,7 +168,7 @@ def build_test_model(
     max_shard_bytes: int = 4 * 1024**3,
 ) -> Path:
     """Write a complete HF-style model directory (config, generation config, tokenizer, safetensors)."""
-    from qwen3_api.testing.tokenizer import build_qwen3_tokenizer
+    from qwen3_api.demo_models.tokenizer import build_qwen3_tokenizer
 
     if shape not in SHAPES:
         raise ValueError(f"unknown shape {shape!r}; choose one of {', '.join(SHAPES)}")
@@ -217,7 +217,7 @@ def parse_test_model_spec(spec: str) -> dict[str, object]:
 
     `gguf=F32|F16|Q8_0|Q4_0` asks for the model as a GGUF file of that type (see `qwen3_api.models.gguf`).
     """
-    from qwen3_api.testing.gguf import parse_gguf_type
+    from qwen3_api.demo_models.gguf import parse_gguf_type
 
     parts = spec.split(":", 2)
     if parts[0] != "test" or len(parts) < 2 or parts[1] not in SHAPES:
