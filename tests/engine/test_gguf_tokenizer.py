@@ -9,8 +9,8 @@ import pytest
 
 from qwen3_api.engine.tokenizer import Tokenizer
 from qwen3_api.models.gguf import read_gguf_metadata
-from tests.real_model import smollm2_gguf
 from tests.demo_models.test_gguf import varied_strings
+from tests.real_model import smollm2_gguf
 
 llama_cpp = pytest.importorskip("llama_cpp")
 

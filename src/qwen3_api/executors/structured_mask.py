@@ -1,8 +1,9 @@
 """The torch side of structured output: apply each row's grammar mask to the batch's logits, in place.
 
 `apply_structured_masks` is the engine's `LogitsMasker` (wired by runtime.assembly): the engine calls it right
-before the sampler, then `matcher.accept(token)` for each sampled token. The masks of all grammar rows are computed together (in parallel, without the GIL) into one
-packed int32 buffer on the CPU; only that buffer (~19 KB a row) travels to the logits' device.
+before the sampler, then `matcher.accept(token)` for each sampled token. The masks of all grammar rows are
+computed together (in parallel, without the GIL) into one packed int32 buffer on the CPU; only that buffer
+(~19 KB a row) travels to the logits' device.
 """
 
 from __future__ import annotations
