@@ -109,7 +109,9 @@ def serve(
     prefix_cache_dir: Annotated[
         Optional[Path], typer.Option(help="keep hot cached prefixes here across restarts (torch, llamacpp)")
     ] = None,
-    prefix_cache_dir_mb: Annotated[Optional[float], typer.Option(help="most MiB the prefix cache directory holds [2048]")] = None,
+    prefix_cache_dir_mb: Annotated[
+        Optional[float], typer.Option(help="most MiB the prefix cache directory holds [2048]")
+    ] = None,
     prefix_cache_save_interval: Annotated[
         Optional[float], typer.Option(help="seconds between background prefix cache snapshots [300]")
     ] = None,

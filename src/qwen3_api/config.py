@@ -103,7 +103,7 @@ class Settings(BaseSettings):
     prefix_cache_dir: Path | None = Field(
         None, description="keep the hottest cached prefixes here across restarts (torch, llamacpp); off when unset"
     )
-    prefix_cache_dir_mb: float = Field(2048, gt=0, description="most MiB prefix_cache_dir holds (one snapshot gets half)")
+    prefix_cache_dir_mb: float = Field(2048, gt=0, description="most MiB prefix_cache_dir holds (a snapshot: half)")
     prefix_cache_save_interval: float = Field(
         300, gt=0, description="seconds between background snapshots of the prefix cache (also saved at shutdown)"
     )

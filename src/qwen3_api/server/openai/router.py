@@ -51,6 +51,7 @@ async def _respond(
     stalls the event loop, and with it every other stream. A Responses request may continue a stored
     conversation of any length behind a short body, so it always does.
     """
+    prepared: Any
     if isinstance(serving, ResponsesServing):
         prepared = await asyncio.to_thread(serving.prepare, body)
     else:
