@@ -2,13 +2,15 @@
 
     python benchmarks/caching.py                          # 0.6b shape, 64 output tokens, 3 prompts per route
     python benchmarks/caching.py --shape tiny --prompts 2 # smoke
+    python benchmarks/caching.py --skip-response-cache --restart-backends llamacpp  # one backend's restart only
 
 For each route, each of `--prompts` distinct greedy prompts is sent once (a miss: the engine computes 64 tokens)
 and then `--repeats` more times (hits: answered from the response cache). Printed: p50 latency of misses and hits
 and their ratio. Targets (issue 11, idle machine): a hit <= 5 ms p50 and >= 100x faster than its miss.
-Then the TTFT of a 2,000-token system prompt on a server restarted with `--prefix-cache-dir` (the first server
-wrote it at shutdown) against one started without it (target <= 0.2x). Timings on 2 cores collapse when another process
-competes: say so when the machine was not idle.
+Then, for each of `--restart-backends` (torch, and llama.cpp: the checkpoint converted to its Q8_0 GGUF, the
+default CPU path), the TTFT of a 2,000-token system prompt on a server restarted with `--prefix-cache-dir` (the
+first server wrote it at shutdown) against one started without it (target <= 0.2x). Timings on 2 cores collapse
+when another process competes: say so when the machine was not idle.
 """
 
 from __future__ import annotations
@@ -99,18 +101,21 @@ def first_token_seconds(server: ServerProcess, system: str, question: str) -> tu
         return elapsed, int(response.json()["usage"]["prompt_tokens_details"]["cached_tokens"])
 
 
-def restart_rows(model_dir: Path, log_dir: Path, args: argparse.Namespace) -> list[tuple[str, float, int]]:
+def restart_rows(
+    model_dir: Path, log_dir: Path, args: argparse.Namespace, backend: str
+) -> list[tuple[str, float, int]]:
     """TTFT of a long system prompt on a fresh server: restarted with the prefix cache directory, and without."""
     system = PromptBuilder.from_tokenizer_dir(model_dir).prompt(args.system_tokens, 7)
-    directory = log_dir / "prefixes"
-    common = ["--backend", args.backend, "--response-cache-mb", "0"]
+    directory = log_dir / f"prefixes-{backend}"
+    # llama.cpp's KV budget defaults to a share of free memory; 1 GiB is torch's CPU default
+    common = ["--backend", backend, "--response-cache-mb", "0", "--kv-cache-memory", "1"]
     rows = []
     for name, extra, question in (
         ("first start, cold", ["--prefix-cache-dir", str(directory)], "What is rule one?"),
         ("restart with --prefix-cache-dir", ["--prefix-cache-dir", str(directory)], "What is rule two?"),
         ("restart without it", [], "What is rule two?"),
     ):
-        server = start_server(model_dir, log_dir, name.replace(" ", "-"), [*common, *extra])
+        server = start_server(model_dir, log_dir, f"{backend}-{name.replace(' ', '-')}", [*common, *extra])
         try:
             elapsed, cached = first_token_seconds(server, system, question)
         finally:
@@ -122,7 +127,8 @@ def restart_rows(model_dir: Path, log_dir: Path, args: argparse.Namespace) -> li
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", default="0.6b", help="test model shape: tiny|0.6b|4b")
-    parser.add_argument("--backend", default="torch")
+    parser.add_argument("--backend", default="torch", help="backend of the response cache part")
+    parser.add_argument("--restart-backends", default="torch,llamacpp", help="backends of the restart part")
     parser.add_argument("--prompts", type=int, default=3, help="distinct prompts per route (one miss each)")
     parser.add_argument("--repeats", type=int, default=20, help="hits per prompt")
     parser.add_argument("--prompt-tokens", type=int, default=64)
@@ -140,13 +146,15 @@ def main() -> None:
                   f"{args.output_tokens} greedy output tokens", flush=True)  # fmt: skip
             print(f"{'route':<24}{'miss p50 ms':>14}{'hit p50 ms':>12}{'miss/hit':>10}")
             response_cache_rows(model_dir, log_dir, args)  # prints each route's row as it is measured
-        restarts = [] if args.skip_restart else restart_rows(model_dir, log_dir, args)
-    if restarts:
-        print(f"\nTTFT of a {args.system_tokens}-token system prompt on a fresh server (one-token chat answer)")
-        print(f"{'server':<34}{'TTFT s':>10}{'cached tokens':>15}")
-        for name, elapsed, cached in restarts:
-            print(f"{name:<34}{elapsed:>10.2f}{cached:>15}")
-        print(f"with the directory / without: {restarts[1][1] / restarts[2][1]:.3f}x")
+        backends = [] if args.skip_restart else [b for b in args.restart_backends.split(",") if b]
+        for backend in backends:
+            restarts = restart_rows(model_dir, log_dir, args, backend)
+            print(f"\nbackend {backend}: TTFT of a {args.system_tokens}-token system prompt on a fresh server "
+                  "(one-token chat answer)")  # fmt: skip
+            print(f"{'server':<34}{'TTFT s':>10}{'cached tokens':>15}")
+            for name, elapsed, cached in restarts:
+                print(f"{name:<34}{elapsed:>10.2f}{cached:>15}")
+            print(f"with the directory / without: {restarts[1][1] / restarts[2][1]:.3f}x", flush=True)
 
 
 if __name__ == "__main__":

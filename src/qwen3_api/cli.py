@@ -107,9 +107,11 @@ def serve(
     ] = None,
     response_cache_ttl: Annotated[Optional[float], typer.Option(help="seconds a cached response lives [3600]")] = None,
     prefix_cache_dir: Annotated[
-        Optional[Path], typer.Option(help="keep hot prefix KV blocks here across restarts (torch backend)")
+        Optional[Path], typer.Option(help="keep hot cached prefixes here across restarts (torch, llamacpp)")
     ] = None,
-    prefix_cache_dir_mb: Annotated[Optional[float], typer.Option(help="MiB of KV blocks kept on disk [2048]")] = None,
+    prefix_cache_dir_mb: Annotated[
+        Optional[float], typer.Option(help="most MiB the prefix cache directory holds [2048]")
+    ] = None,
     prefix_cache_save_interval: Annotated[
         Optional[float], typer.Option(help="seconds between background prefix cache snapshots [300]")
     ] = None,

@@ -101,9 +101,9 @@ class Settings(BaseSettings):
     )
     response_cache_ttl: float = Field(3600, gt=0, description="seconds a cached response stays valid")
     prefix_cache_dir: Path | None = Field(
-        None, description="keep the hottest prefix KV blocks here across restarts (torch backend); off when unset"
+        None, description="keep the hottest cached prefixes here across restarts (torch, llamacpp); off when unset"
     )
-    prefix_cache_dir_mb: float = Field(2048, gt=0, description="most MiB of KV blocks written to prefix_cache_dir")
+    prefix_cache_dir_mb: float = Field(2048, gt=0, description="most MiB prefix_cache_dir holds (a snapshot: half)")
     prefix_cache_save_interval: float = Field(
         300, gt=0, description="seconds between background snapshots of the prefix cache (also saved at shutdown)"
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import random
@@ -12,12 +13,13 @@ import torch
 
 from qwen3_api.config import Settings
 from qwen3_api.demo_models.checkpoints import cached_test_model
-from qwen3_api.engine import prefix_store
+from qwen3_api.engine import snapshot_dir
 from qwen3_api.engine.kv_cache import KVCacheManager
 from qwen3_api.engine.llm_engine import LLMEngine
-from qwen3_api.engine.prefix_store import MANIFEST, PrefixCacheFormat, PrefixSnapshot, PrefixStore
+from qwen3_api.engine.prefix_store import HASH_BYTES, PrefixCacheFormat, PrefixSnapshot, PrefixStore
 from qwen3_api.engine.sampling import SamplingParams
 from qwen3_api.engine.sequence import Sequence
+from qwen3_api.engine.snapshot_dir import MANIFEST, METADATA_ALLOWANCE
 from qwen3_api.engine.tokenizer import Tokenizer
 from qwen3_api.runtime.torch_engine import build_llm_engine
 
@@ -79,17 +81,25 @@ def snapshot(count: int = 3) -> PrefixSnapshot:
     return PrefixSnapshot(hashes, parents, torch.randn(layers, two, count, block, heads, dim))
 
 
+BLOCK_BYTES = 2 * 2 * BLOCK * 1 * 3 * 4
+
+
 def store(directory: Path, fmt: PrefixCacheFormat = FORMAT, max_blocks: int = 100) -> PrefixStore:
-    return PrefixStore(directory, max_blocks * 96, fmt, 96)
+    """A store whose directory budget holds `max_blocks` blocks per snapshot (with their hashes), twice over."""
+    per_snapshot = max_blocks * (BLOCK_BYTES + 2 * HASH_BYTES + 1) + METADATA_ALLOWANCE
+    return PrefixStore(directory, 2 * per_snapshot, fmt, BLOCK_BYTES)
 
 
 def test_round_trip_is_exact_and_bounded(tmp_path: Path) -> None:
     saved = snapshot(5)
-    store(tmp_path, max_blocks=4).save(saved)
+    bounded = store(tmp_path, max_blocks=4)
+    bounded.save(saved)
     loaded = store(tmp_path).load(max_blocks=100)
     assert loaded is not None and loaded.hashes == saved.hashes[:4] and loaded.parents == saved.parents[:4]
     assert torch.equal(loaded.kv, saved.kv[:, :, :4])
     assert len(store(tmp_path).load(max_blocks=2)) == 2  # type: ignore[arg-type]  # up to the KV budget
+    bounded.save(snapshot(6))  # a second snapshot replaces the first
+    assert len(list(tmp_path.iterdir())) == 2 and bounded.files.disk_bytes() <= bounded.files.max_bytes
 
 
 MISMATCHES = {
@@ -104,9 +114,8 @@ MISMATCHES = {
 @pytest.mark.parametrize("change", list(MISMATCHES))
 def test_mismatched_snapshot_is_ignored_with_one_line(tmp_path: Path, change: str, caplog: pytest.LogCaptureFixture) -> None:
     store(tmp_path).save(snapshot())
-    other = PrefixCacheFormat(**{**FORMAT.manifest_fields(), "block_shape": FORMAT.block_shape,
-                                 **MISMATCHES[change]})  # type: ignore[arg-type]  # fmt: skip
-    with caplog.at_level(logging.INFO, logger=prefix_store.__name__):
+    other = dataclasses.replace(FORMAT, **MISMATCHES[change])  # type: ignore[arg-type]
+    with caplog.at_level(logging.INFO, logger="qwen3_api.engine"):
         assert store(tmp_path, other).load(100) is None
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 1 and "ignoring" in lines[0], lines
@@ -118,7 +127,7 @@ def write_manifest(directory: Path, edit: dict) -> None:  # type: ignore[type-ar
 
 
 def corrupt_data(directory: Path) -> None:
-    data = next(directory.glob("blocks-*.safetensors"))
+    data = next(directory.glob("snapshot-*.safetensors"))
     raw = bytearray(data.read_bytes())
     raw[-7] ^= 0xFF
     data.write_bytes(bytes(raw))
@@ -129,9 +138,10 @@ CORRUPTIONS = {
     "truncated manifest": lambda d: (d / MANIFEST).write_text((d / MANIFEST).read_text()[:50]),
     "manifest not an object": lambda d: (d / MANIFEST).write_text("[1, 2]"),
     "older format version": lambda d: write_manifest(d, {"format_version": 0}),
-    "missing data file": lambda d: next(d.glob("blocks-*.safetensors")).unlink(),
+    "missing data file": lambda d: next(d.glob("snapshot-*.safetensors")).unlink(),
     "data file outside the directory": lambda d: write_manifest(d, {"data_file": "../elsewhere.safetensors"}),
-    "hash list too short": lambda d: write_manifest(d, {"hashes": []}),
+    "block count differs": lambda d: write_manifest(d, {"num_blocks": 2}),
+    "other backend": lambda d: write_manifest(d, {"backend": "llamacpp"}),
 }
 
 
@@ -139,7 +149,7 @@ CORRUPTIONS = {
 def test_corrupt_snapshot_is_ignored(tmp_path: Path, corruption: str, caplog: pytest.LogCaptureFixture) -> None:
     store(tmp_path).save(snapshot())
     CORRUPTIONS[corruption](tmp_path)
-    with caplog.at_level(logging.INFO, logger=prefix_store.__name__):
+    with caplog.at_level(logging.INFO, logger="qwen3_api.engine"):
         assert store(tmp_path).load(100) is None
     assert len(caplog.records) == 1 and "ignoring" in caplog.records[0].getMessage()
 
@@ -152,7 +162,7 @@ def test_a_crash_mid_write_leaves_the_previous_snapshot(tmp_path: Path, monkeypa
         Path(path).write_bytes(b"half a file")
         raise OSError("disk full")
 
-    monkeypatch.setattr(prefix_store, "save_file", crash)
+    monkeypatch.setattr(snapshot_dir, "save_file", crash)
     with pytest.raises(OSError):
         store(tmp_path).save(snapshot(3))
     loaded = store(tmp_path).load(100)

@@ -200,3 +200,19 @@ def test_a_shared_pool_evicts_retained_slots_least_recent_first_until_the_batch_
     assert p.evict_retained(1000) == []
     # Live slots are never evicted: only "b" can go.
     assert p.evict_retained(0) == [SlotOp("trim", seq_ids["b"], 0)] and p.num_retained == 0
+
+
+def test_restored_slots_are_retained_hottest_last_and_reused() -> None:
+    p = pool()
+    hot, cold = p.take_empty(), p.take_empty()
+    assert hot is not None and cold is not None
+    p.adopt_retained(hot, BASE)  # restored hottest first
+    p.adopt_retained(cold, [7] * 50)
+    assert [s.seq_id for s in p.hottest_retained()] == [hot, cold] and p.num_free == 4
+    assert p.evict_retained(100) == [SlotOp("trim", cold, 0)]  # the colder one goes first
+    assert p.lookup("b", BASE + [1]) == 100  # the restored prefix is hit like a finished request's
+    p.assign(["b"])
+    assert p.slot_of("b").seq_id == hot  # type: ignore[union-attr]
+    before = p.num_retentions
+    p.release("b")
+    assert p.num_retentions == before + 1

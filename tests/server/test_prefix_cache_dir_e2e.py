@@ -57,7 +57,7 @@ def test_restart_keeps_prefixes_and_a_corrupt_snapshot_is_ignored(tiny_model_dir
     finally:
         stop_server(second)
 
-    data = next(directory.glob("blocks-*.safetensors"))
+    data = next(directory.glob("snapshot-*.safetensors"))
     raw = bytearray(data.read_bytes())
     raw[len(raw) // 2] ^= 0xFF
     data.write_bytes(bytes(raw))

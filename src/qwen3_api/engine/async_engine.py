@@ -21,7 +21,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from qwen3_api.engine.core import EngineCore
 from qwen3_api.engine.detokenize import IncrementalDetokenizer
@@ -91,7 +91,7 @@ class AsyncEngine:
         # What the weights, tokenizer and runtime choices hash to (models.identity); caches key on it.
         self.model_identity = model_identity or model_name
         # Saves the prefix cache to disk now and then, on the loop thread, and at shutdown (--prefix-cache-dir).
-        self.prefix_persistence: PrefixPersistence | None = None
+        self.prefix_persistence: PrefixPersistence[Any] | None = None
         self.max_model_len = core.max_model_len
         self.max_queued_requests = max_queued_requests
         self.request_timeout = request_timeout
@@ -140,7 +140,10 @@ class AsyncEngine:
         if self._thread is not None:
             self._thread.join(timeout=30)
         if self.prefix_persistence is not None:
-            self.prefix_persistence.save_now()
+            if self._thread is not None and self._thread.is_alive():  # a step still running owns the backend
+                logger.warning("prefix cache: not saved at shutdown, the engine loop did not stop in time")
+            else:
+                self.prefix_persistence.save_now()
         self.core.shutdown()
 
     @property

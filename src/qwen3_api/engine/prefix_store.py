@@ -1,37 +1,35 @@
-"""The prefix cache on disk: the hottest KV blocks, by their chain hashes, survive a restart.
+"""The prefix cache on disk: what survives a restart, and when it is written.
 
-A snapshot is two files in the directory: `blocks-<id>.safetensors` (one tensor `kv`,
-`[num_layers, 2, num_blocks, block_size, Hkv, D]`) and `manifest.json`, which names the model identity, dtype,
-quantization, block size, block shape and format version, lists each block's chain hash and its parent, and
-holds the data file's sha256. Both are written to temporary names and renamed into place, the manifest last, so
-a crash mid-write leaves the previous snapshot whole. At start a manifest that matches the loaded model in every
-field is loaded into the prefix cache; anything else is ignored with one log line.
+`PrefixPersistence` saves a backend's hottest cached prefixes now and then (the copy taken between engine steps,
+the file written in a thread) and at graceful shutdown, and loads them back at start. What a snapshot holds is
+the backend's (`PersistentPrefixCache`): on torch the KV blocks by their chain hashes (`PrefixStore`, here); on
+llama.cpp the retained sequences' state (`engine.sequence_store`). Both are written by one `SnapshotDirectory`:
+one manifest format, with a `backend` field, atomic writes and a byte budget.
+
+Torch data file tensors: `kv` `[num_layers, 2, num_blocks, block_size, Hkv, D]`, `hashes` and `parents`
+`[num_blocks, 32]` uint8 (a chain's first block has an all-zero parent and `has_parent` 0).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
 import threading
 import time
-import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 import torch
-from safetensors.torch import load_file, save_file
+
+from qwen3_api.engine.snapshot_dir import RejectedSnapshot, SnapshotDirectory
 
 if TYPE_CHECKING:
     from qwen3_api.engine.llm_engine import LLMEngine
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
 HASH_SCHEME = "sha256-chain/int64-tokens"  # kv_cache.hash_block
+HASH_BYTES = 32
 
 
 @dataclass(frozen=True)
@@ -43,11 +41,10 @@ class PrefixCacheFormat:
     quantization: str
     block_size: int
     block_shape: tuple[int, ...]  # [num_layers, 2, block_size, Hkv, D]
-    format_version: int = FORMAT_VERSION
     hash_scheme: str = HASH_SCHEME
 
     def manifest_fields(self) -> dict[str, Any]:
-        return {**asdict(self), "block_shape": list(self.block_shape)}
+        return {"backend": "torch", **asdict(self), "block_shape": list(self.block_shape)}
 
 
 @dataclass
@@ -61,126 +58,144 @@ class PrefixSnapshot:
     def __len__(self) -> int:
         return len(self.hashes)
 
-
-class RejectedSnapshot(Exception):
-    """A stored snapshot that must not be loaded; the message says why."""
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        while chunk := file.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
+    def head(self, count: int) -> PrefixSnapshot:
+        """The first `count` blocks: a prefix of a parent-first list keeps every parent."""
+        return PrefixSnapshot(self.hashes[:count], self.parents[:count], self.kv[:, :, :count])
 
 
-def _write_atomically(path: Path, write: Any) -> None:
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        write(temporary)
-        with temporary.open("rb") as file:
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+def _hash_rows(hashes: list[bytes | None]) -> torch.Tensor:
+    raw = b"".join(h if h is not None else bytes(HASH_BYTES) for h in hashes)
+    return torch.frombuffer(bytearray(raw), dtype=torch.uint8).reshape(len(hashes), HASH_BYTES)
 
 
 class PrefixStore:
-    """Reads and writes snapshots of one format in one directory, within `max_bytes` of block data."""
+    """Torch snapshots of one format in one directory, the directory within `max_bytes`."""
 
     def __init__(self, directory: Path, max_bytes: int, fmt: PrefixCacheFormat, block_bytes: int) -> None:
-        self.directory = Path(directory)
         self.format = fmt
-        self.max_blocks = max(0, max_bytes // block_bytes)
+        self.files = SnapshotDirectory(directory, max_bytes, fmt.manifest_fields())
+        # each block also stores its hash and its parent's (and a flag)
+        self.max_blocks = self.files.data_budget // (block_bytes + 2 * HASH_BYTES + 1)
+
+    @property
+    def directory(self) -> Path:
+        return self.files.directory
 
     def save(self, snapshot: PrefixSnapshot) -> Path:
         """Write `snapshot` (its first `max_blocks` blocks) as the directory's current snapshot."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        count = min(len(snapshot), self.max_blocks)
-        data_name = f"blocks-{uuid.uuid4().hex}.safetensors"
-        data_path = self.directory / data_name
-        kv = snapshot.kv[:, :, :count].contiguous()
-        _write_atomically(data_path, lambda p: save_file({"kv": kv}, str(p)))
-        manifest = {
-            **self.format.manifest_fields(),
-            "data_file": data_name,
-            "data_sha256": _sha256_file(data_path),
-            "num_blocks": count,
-            "hashes": [h.hex() for h in snapshot.hashes[:count]],
-            "parents": [p.hex() if p is not None else None for p in snapshot.parents[:count]],
-            "written_at": time.time(),
+        kept = snapshot.head(min(len(snapshot), self.max_blocks))
+        tensors = {
+            "kv": kept.kv,
+            "hashes": _hash_rows(list(kept.hashes)),
+            "parents": _hash_rows(kept.parents),
+            "has_parent": torch.tensor([p is not None for p in kept.parents], dtype=torch.uint8),
         }
-        _write_atomically(self.directory / MANIFEST, lambda p: p.write_text(json.dumps(manifest)))
-        for old in self.directory.glob("blocks-*.safetensors"):  # the previous snapshot's data
-            if old.name != data_name:
-                old.unlink(missing_ok=True)
-        return data_path
+        return self.files.save(tensors, {"num_blocks": len(kept), "num_tokens": len(kept) * self.format.block_size})
 
-    def load(self, max_blocks: int) -> PrefixSnapshot | None:
+    def load(self, max_blocks: int | None = None) -> PrefixSnapshot | None:
         """The stored snapshot (its first `max_blocks` blocks) if it matches this format; None, with one log
         line saying why, if there is none or it is mismatched or corrupt."""
-        path = self.directory / MANIFEST
-        if not path.exists():
-            logger.info("prefix cache: no snapshot in %s yet", self.directory)
+        stored = self.files.load()
+        if stored is None:
             return None
         try:
-            return self._load(path, max_blocks)
-        except RejectedSnapshot as exc:
+            snapshot = self._decode(stored.manifest, stored.tensors)
+        except (RejectedSnapshot, KeyError, ValueError, RuntimeError) as exc:
             logger.warning("prefix cache: ignoring the snapshot in %s: %s", self.directory, exc)
-        except Exception as exc:  # unreadable in any other way: never loaded, never fatal
-            logger.warning("prefix cache: ignoring the snapshot in %s: unreadable (%s)", self.directory, exc)
-        return None
+            return None
+        return snapshot if max_blocks is None else snapshot.head(min(len(snapshot), max_blocks))
 
-    def _load(self, path: Path, max_blocks: int) -> PrefixSnapshot:
-        try:
-            manifest = json.loads(path.read_text())
-        except ValueError as exc:
-            raise RejectedSnapshot(f"the manifest is not valid JSON ({exc})") from exc
-        if not isinstance(manifest, dict):
-            raise RejectedSnapshot("the manifest is not a JSON object")
-        for name, expected in self.format.manifest_fields().items():
-            if manifest.get(name) != expected:
-                raise RejectedSnapshot(f"{name} is {manifest.get(name)!r}, this server has {expected!r}")
-        data_path = self.directory / str(manifest.get("data_file", ""))
-        if data_path.parent != self.directory or not data_path.is_file():
-            raise RejectedSnapshot(f"its data file {manifest.get('data_file')!r} is missing")
-        if _sha256_file(data_path) != manifest.get("data_sha256"):
-            raise RejectedSnapshot(f"{data_path.name} does not match the manifest's sha256 (corrupt)")
-        kv = load_file(str(data_path))["kv"]
-        hashes = [bytes.fromhex(h) for h in manifest["hashes"]]
-        parents = [bytes.fromhex(p) if p is not None else None for p in manifest["parents"]]
+    def _decode(self, manifest: dict[str, Any], tensors: dict[str, torch.Tensor]) -> PrefixSnapshot:
+        kv, hashes, parents, has_parent = (tensors[k] for k in ("kv", "hashes", "parents", "has_parent"))
+        count = manifest.get("num_blocks")
         layers, two, block_size, heads, head_dim = self.format.block_shape
-        expected_shape = (layers, two, len(hashes), block_size, heads, head_dim)
-        if tuple(kv.shape) != expected_shape or len(parents) != len(hashes) or manifest["num_blocks"] != len(hashes):
-            raise RejectedSnapshot(f"the data has shape {tuple(kv.shape)}, the manifest says {expected_shape}")
+        expected = (layers, two, count, block_size, heads, head_dim)
+        if tuple(kv.shape) != expected or hashes.shape != (count, HASH_BYTES) or parents.shape != hashes.shape:
+            raise RejectedSnapshot(f"the data has shape {tuple(kv.shape)}, the manifest says {expected}")
+        if has_parent.shape != (count,):
+            raise RejectedSnapshot(f"the data has {has_parent.shape[0]} parent flags for {count} blocks")
         if str(kv.dtype).removeprefix("torch.") != self.format.dtype:
             raise RejectedSnapshot(f"the data is {kv.dtype}, the manifest says {self.format.dtype}")
-        count = min(len(hashes), max_blocks)  # a prefix of a parent-first list keeps every parent
-        return PrefixSnapshot(hashes[:count], parents[:count], kv[:, :, :count])
+        hash_list = [bytes(row) for row in hashes.numpy()]
+        flags = has_parent.tolist()
+        parent_list = [bytes(row) if flag else None for row, flag in zip(parents.numpy(), flags, strict=True)]
+        return PrefixSnapshot(hash_list, parent_list, kv)
 
 
-class PrefixPersistence:
-    """Saves an engine's hottest prefix blocks periodically (in a writer thread) and at shutdown; restores them
+# ---- saving and restoring, for any backend -------------------------------------------------------------------
+S = TypeVar("S")
+
+
+class SnapshotStore(Protocol[S]):
+    """Where a backend's snapshots live."""
+
+    @property
+    def directory(self) -> Path: ...
+
+    def save(self, snapshot: S) -> Path: ...
+
+    def load(self) -> S | None: ...
+
+
+class PersistentPrefixCache(Protocol[S]):
+    """A backend's prefix cache as persistence sees it; every method runs on the thread that owns the engine."""
+
+    def version(self) -> int:
+        """Changes whenever something enters the cache."""
+        ...
+
+    def export(self) -> S:
+        """A copy of the hottest cached prefixes, within the store's budget (later steps cannot change it)."""
+        ...
+
+    def restore(self, snapshot: S) -> str:
+        """Put stored prefixes into the cache (before serving, up to its capacity); says what was loaded."""
+        ...
+
+    def describe(self, snapshot: S) -> str: ...
+
+
+class TorchPrefixCache:
+    """The torch engine's block prefix cache (blocks by chain hash)."""
+
+    def __init__(self, engine: LLMEngine, store: PrefixStore) -> None:
+        self.engine = engine
+        self.store = store
+
+    def version(self) -> int:
+        return self.engine.prefix_cache_version()
+
+    def export(self) -> PrefixSnapshot:
+        return self.engine.export_prefix_cache(self.store.max_blocks)
+
+    def restore(self, snapshot: PrefixSnapshot) -> str:
+        loaded = self.engine.import_prefix_cache(snapshot.head(min(len(snapshot), self.engine.num_kv_blocks)))
+        return f"{loaded} blocks ({loaded * self.store.format.block_size} tokens)"
+
+    def describe(self, snapshot: PrefixSnapshot) -> str:
+        return f"{min(len(snapshot), self.store.max_blocks)} blocks"
+
+
+class PrefixPersistence(Generic[S]):
+    """Saves a prefix cache's hottest entries periodically (in a writer thread) and at shutdown; restores them
     at start. `maybe_save` and `save_now` run on the thread that owns the engine core."""
 
-    def __init__(self, core: LLMEngine, store: PrefixStore, interval_s: float) -> None:
-        self.core = core
+    def __init__(self, cache: PersistentPrefixCache[S], store: SnapshotStore[S], interval_s: float) -> None:
+        self.cache = cache
         self.store = store
         self.interval_s = interval_s
         self._last_save = time.monotonic()
-        self._saved_version = core.prefix_cache_version()
+        self._saved_version = cache.version()
         self._writer: threading.Thread | None = None
 
-    def restore(self) -> int:
-        """Load the stored snapshot into the prefix cache (up to the KV budget); the number of blocks loaded."""
-        snapshot = self.store.load(self.core.num_kv_blocks)
+    def restore(self) -> None:
+        """Load the stored snapshot into the prefix cache (up to its capacity)."""
+        snapshot = self.store.load()
         if snapshot is None:
-            return 0
-        loaded = self.core.import_prefix_cache(snapshot)
-        self._saved_version = self.core.prefix_cache_version()
-        logger.info("prefix cache: loaded %d blocks (%d tokens) from %s", loaded,
-                    loaded * self.store.format.block_size, self.store.directory)  # fmt: skip
-        return loaded
+            return
+        loaded = self.cache.restore(snapshot)
+        self._saved_version = self.cache.version()
+        logger.info("prefix cache: loaded %s from %s", loaded, self.store.directory)
 
     def maybe_save(self) -> None:
         """Between steps: when the interval has passed and the cache changed, snapshot it and write it in the
@@ -190,10 +205,10 @@ class PrefixPersistence:
         self._last_save = time.monotonic()
         if self._writer is not None and self._writer.is_alive():
             return
-        version = self.core.prefix_cache_version()
+        version = self.cache.version()
         if version == self._saved_version:
             return
-        snapshot = self.core.export_prefix_cache(self.store.max_blocks)
+        snapshot = self.cache.export()
         self._saved_version = version
         self._writer = threading.Thread(target=self._write, args=(snapshot,), name="prefix-cache-writer", daemon=True)
         self._writer.start()
@@ -202,11 +217,11 @@ class PrefixPersistence:
         """At shutdown, the engine stopped: wait for a write in progress, then write the current cache."""
         if self._writer is not None:
             self._writer.join()
-        if self.core.prefix_cache_version() != self._saved_version:
-            self._write(self.core.export_prefix_cache(self.store.max_blocks))
+        if self.cache.version() != self._saved_version:
+            self._write(self.cache.export())
 
-    def _write(self, snapshot: PrefixSnapshot) -> None:
-        if not len(snapshot):
+    def _write(self, snapshot: S) -> None:
+        if not len(snapshot):  # type: ignore[arg-type]
             return
         started = time.perf_counter()
         try:
@@ -214,5 +229,5 @@ class PrefixPersistence:
         except Exception:
             logger.exception("prefix cache: writing the snapshot to %s failed", self.store.directory)
             return
-        logger.info("prefix cache: saved %d blocks to %s in %.2f s", min(len(snapshot), self.store.max_blocks),
-                    self.store.directory, time.perf_counter() - started)  # fmt: skip
+        logger.info("prefix cache: saved %s to %s in %.2f s", self.cache.describe(snapshot), self.store.directory,
+                    time.perf_counter() - started)  # fmt: skip

@@ -28,8 +28,10 @@ import numpy as np
 import torch
 
 from qwen3_api.engine.protocols import BatchEntry
+from qwen3_api.engine.sequence_store import SequenceStates
 from qwen3_api.errors import EngineError, ModelLoadError
 from qwen3_api.executors.llamacpp_options import resolve_weight_repack
+from qwen3_api.executors.llamacpp_state import read_retained, write_retained
 from qwen3_api.executors.slot_pool import SlotOp, SlotPool
 from qwen3_api.models.llama_vocab import init_llama_backend
 
@@ -195,6 +197,26 @@ class LlamaCppModelRunner:
             op = self._pool.release(request_id)
             if op is not None:
                 self._run_op(op)
+
+    # -- retained sequences on disk (engine.sequence_store) ---------------------------------------------------
+
+    @property
+    def retained_version(self) -> int:
+        """Changes whenever a finished sequence is retained."""
+        return self._pool.num_retentions
+
+    def export_retained(self, max_bytes: int) -> SequenceStates:
+        """The retained sequences' tokens and llama.cpp state, hottest first, within `max_bytes`."""
+        return read_retained(self._lib, self._ctx, self._pool, max_bytes)
+
+    def restore_retained(self, snapshot: SequenceStates) -> tuple[int, int]:
+        """Put stored sequences into empty slots as retained ones (before serving), while cells allow; returns
+        (sequences, tokens) restored. Later prompts reuse them as they would a finished request's."""
+        if not self._pool.reuse_prefixes:
+            return 0, 0
+        total = self.n_ctx if self.kv_unified else self.n_ctx_seq * self.max_num_seqs
+        return write_retained(self._lib, self._ctx, self._memory, self._pool, snapshot,
+                              max_tokens_per_seq=self.n_ctx_seq, max_total_tokens=total)  # fmt: skip
 
     def _run_op(self, op: SlotOp) -> None:
         lib, memory = self._lib, self._memory

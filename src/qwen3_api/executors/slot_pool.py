@@ -87,6 +87,7 @@ class SlotPool:
         self._retained: OrderedDict[int, Slot] = OrderedDict()  # by seq id, least recently released first
         self._empty = list(range(num_slots - 1, -1, -1))  # pop() hands out 0 first
         self._promises: dict[str, _Promise] = {}
+        self.num_retentions = 0  # slots ever retained: tells a prefix cache snapshot whether it is stale
 
     # -- queries --------------------------------------------------------------------------------------------
 
@@ -101,6 +102,10 @@ class SlotPool:
 
     def slot_of(self, request_id: str) -> Slot | None:
         return self._live.get(request_id)
+
+    def hottest_retained(self) -> list[Slot]:
+        """Retained slots, most recently released first."""
+        return list(reversed(self._retained.values()))
 
     # -- prefix lookup (schedule time) ---------------------------------------------------------------------
 
@@ -228,6 +233,23 @@ class SlotPool:
             return None
         if self.reuse_prefixes and slot.tokens:
             self._retained[slot.seq_id] = slot
+            self.num_retentions += 1
             return None
         self._empty.append(slot.seq_id)
         return SlotOp("trim", slot.seq_id, 0)
+
+    # -- restoring retained slots (a prefix cache read back from disk) ---------------------------------------
+
+    def take_empty(self) -> int | None:
+        """An empty slot's sequence id for restoring a retained sequence into; None if none is empty."""
+        return self._empty.pop() if self._empty else None
+
+    def put_back_empty(self, seq_id: int) -> None:
+        """Return a slot `take_empty` gave whose restore failed (its cells cleared)."""
+        self._empty.append(seq_id)
+
+    def adopt_retained(self, seq_id: int, tokens: list[int]) -> None:
+        """Register a restored sequence as retained, as the least recently released one: restored hottest
+        first, each later one is colder."""
+        self._retained[seq_id] = Slot(seq_id, list(tokens))
+        self._retained.move_to_end(seq_id, last=False)

@@ -8,7 +8,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from qwen3_api.config import Settings
 from qwen3_api.demo_models.faults import Faults, split_faults
@@ -243,7 +243,6 @@ def _serve_gguf(
     from qwen3_api.models.gguf import read_gguf_metadata
     from qwen3_api.runtime.llamacpp_engine import build_llamacpp_engine
 
-    _check_prefix_cache_dir(settings, "llamacpp")
     settings = llamacpp_settings(settings)
     metadata = read_gguf_metadata(path)
     tokenizer = tokenizer or Tokenizer.from_gguf(path, metadata)
@@ -257,7 +256,13 @@ def _serve_gguf(
     core = build_llamacpp_engine(settings, path, tokenizer, plan.max_model_len, kv_cells=plan.cells)
     core.prepare_grammar()
     identity = model_identity(model_name, path, backend="llamacpp")
-    return _serving(core, tokenizer, model_name, settings, started, identity, faults)
+    persistence = None
+    if settings.prefix_cache_dir is not None:
+        persistence = _sequence_persistence(settings, core, identity, str(metadata.get("general.file_type", "?")))
+        persistence.restore()
+    serving = _serving(core, tokenizer, model_name, settings, started, identity, faults)
+    serving.prefix_persistence = persistence
+    return serving
 
 
 def _serving(
@@ -335,17 +340,16 @@ def load_engine(settings: Settings) -> AsyncEngine:
 
 def _check_prefix_cache_dir(settings: Settings, backend: str) -> None:
     if settings.prefix_cache_dir is not None:
-        raise ModelLoadError(f"--prefix-cache-dir is supported on the torch backend only, not on {backend}")
+        raise ModelLoadError(f"--prefix-cache-dir is supported on the torch and llamacpp backends, not on {backend}")
 
 
 def _prefix_persistence(
     settings: Settings, engine: LLMEngine, identity: str, runtime: RuntimeChoice
-) -> PrefixPersistence:
-    """The on-disk prefix cache of `engine`, for `--prefix-cache-dir`."""
-    from qwen3_api.engine.prefix_store import PrefixCacheFormat, PrefixPersistence, PrefixStore
+) -> PrefixPersistence[Any]:
+    """The on-disk prefix cache of `engine` (torch), for `--prefix-cache-dir`."""
+    from qwen3_api.engine.prefix_store import PrefixCacheFormat, PrefixPersistence, PrefixStore, TorchPrefixCache
 
-    if not settings.enable_prefix_caching:
-        raise ModelLoadError("--prefix-cache-dir needs prefix caching: drop --no-enable-prefix-caching")
+    _check_prefix_caching(settings)
     runner = engine.runner
     block_shape = runner.block_shape  # type: ignore[attr-defined]
     fmt = PrefixCacheFormat(identity, runtime.dtype, runtime.quantize, settings.block_size, tuple(block_shape))
@@ -355,4 +359,29 @@ def _prefix_persistence(
     logger.info("prefix cache directory %s: up to %d blocks (%g MiB), saved every %g s and at shutdown",
                 settings.prefix_cache_dir, store.max_blocks, settings.prefix_cache_dir_mb,
                 settings.prefix_cache_save_interval)  # fmt: skip
-    return PrefixPersistence(engine, store, settings.prefix_cache_save_interval)
+    return PrefixPersistence(TorchPrefixCache(engine, store), store, settings.prefix_cache_save_interval)
+
+
+def _sequence_persistence(
+    settings: Settings, engine: LLMEngine, identity: str, file_type: str
+) -> PrefixPersistence[Any]:
+    """The on-disk prefix cache of a llama.cpp `engine` (its retained sequences), for `--prefix-cache-dir`."""
+    from qwen3_api.engine.prefix_store import PrefixPersistence
+    from qwen3_api.engine.sequence_store import LlamaCppPrefixCache, SequenceCacheFormat, SequenceStore
+
+    _check_prefix_caching(settings)
+    runner = engine.runner
+    fmt = SequenceCacheFormat(
+        identity, settings.kv_cache_dtype, runner.kv_unified, runner.flash_attention,  # type: ignore[attr-defined]
+        runner.n_ctx_seq, f"gguf file type {file_type}",  # type: ignore[attr-defined]
+    )  # fmt: skip
+    store = SequenceStore(settings.prefix_cache_dir, int(settings.prefix_cache_dir_mb * 2**20), fmt)  # type: ignore[arg-type]
+    logger.info("prefix cache directory %s: retained llama.cpp sequences, up to %g MiB, saved every %g s and at "
+                "shutdown", settings.prefix_cache_dir, settings.prefix_cache_dir_mb,
+                settings.prefix_cache_save_interval)  # fmt: skip
+    return PrefixPersistence(LlamaCppPrefixCache(runner, store), store, settings.prefix_cache_save_interval)  # type: ignore[arg-type]
+
+
+def _check_prefix_caching(settings: Settings) -> None:
+    if not settings.enable_prefix_caching:
+        raise ModelLoadError("--prefix-cache-dir needs prefix caching: drop --no-enable-prefix-caching")

@@ -42,7 +42,7 @@ class Admission:
             release()
 
 
-def admission(request: Request) -> Admission:
+async def admission(request: Request) -> Admission:
     """Dependency: the app's admission control."""
     result: Admission = request.app.state.admission
     return result

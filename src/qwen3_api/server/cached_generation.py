@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -17,10 +18,11 @@ from typing import TYPE_CHECKING, Any
 from fastapi import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from qwen3_api.engine.final_output import FinalOutput
 from qwen3_api.engine.outputs import FinishReason, RequestOutput, TokenLogprob
 from qwen3_api.errors import EngineError, Qwen3APIError
 from qwen3_api.server.disconnect import until_disconnected
-from qwen3_api.server.request_context import current_request_id, observe
+from qwen3_api.server.request_context import current_record, current_request_id, observe
 from qwen3_api.server.response_cache import (
     CacheStatus,
     GenerationJob,
@@ -31,7 +33,7 @@ from qwen3_api.server.response_cache import (
 )
 
 if TYPE_CHECKING:
-    from qwen3_api.engine.async_engine import AsyncEngine, FinalOutput
+    from qwen3_api.engine.async_engine import AsyncEngine
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +79,40 @@ async def _replay(index: int, steps: list[_Step]) -> AsyncIterator[RequestOutput
             logprobs=list(step.logprobs) if step.logprobs is not None else None,
             stop_reason=step.stop_reason,
         )
+
+
+def _final_output(steps: list[_Step]) -> FinalOutput:
+    """A stored sequence as its final output, as `collect_final_output` over `_replay` would give it."""
+    last = steps[-1]
+    if last.finish_reason is None:
+        raise EngineError("the stored request has no finish reason")
+    logprobs = None
+    if any(step.logprobs is not None for step in steps):
+        logprobs = [lp for step in steps if step.logprobs is not None for lp in step.logprobs]
+    return FinalOutput(
+        text="".join(step.new_text for step in steps),
+        token_ids=[t for step in steps for t in step.new_token_ids],
+        finish_reason=last.finish_reason,
+        prompt_tokens=last.prompt_tokens,
+        completion_tokens=last.completion_tokens,
+        cached_tokens=last.prompt_tokens,
+        logprobs=logprobs,
+        stop_reason=last.stop_reason,
+    )
+
+
+def _observe_hit(outputs: list[FinalOutput]) -> None:
+    """What `observe` writes to the request's record for a replayed record (its shared prompt counted once)."""
+    record = current_record()
+    if record is None or not outputs:
+        return
+    record.generation = True
+    record.prompt_tokens += outputs[0].prompt_tokens
+    record.completion_tokens += sum(o.completion_tokens for o in outputs)
+    record.cached_tokens = max(record.cached_tokens, outputs[0].cached_tokens)
+    if any(o.token_ids for o in outputs) and record.first_token_at is None:
+        record.first_token_at = time.monotonic()
+    record.finish_reasons.extend(o.finish_reason.value for o in outputs)
 
 
 class Generation:
@@ -128,6 +164,10 @@ class Generation:
         """Every sequence's final output (the first error is raised; the others are then aborted)."""
         from qwen3_api.engine.async_engine import AsyncEngine
 
+        if self._record is not None:  # a hit: no streams to drain (a stored record is never empty)
+            outputs = [_final_output(steps) for steps in self._record]
+            _observe_hit(outputs)
+            return outputs
         streams = self.streams()
         try:
             async with asyncio.TaskGroup() as tasks:

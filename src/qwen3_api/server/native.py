@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator
 from typing import Annotated
@@ -28,6 +27,7 @@ from qwen3_api.server.native_protocol import (
     HealthResponse,
     RootResponse,
 )
+from qwen3_api.server.offload import prepare
 from qwen3_api.server.response_cache import GenerationJob
 from qwen3_api.server.state import ServerState, ready_engine, server_state
 from qwen3_api.server.streams import DONE, merge, sse
@@ -114,7 +114,7 @@ async def generate(
             "num_return_sequences",
         )
     # Templating and tokenizing a long prompt take a while: off the event loop, so other streams go on.
-    prompt_ids, thinking = await asyncio.to_thread(_prompt_and_budget, engine, request)
+    prompt_ids, thinking = await prepare(http_request, lambda: _prompt_and_budget(engine, request))
     params = to_sampling_params(request, thinking)
     n = request.num_return_sequences
     engine.check_request(prompt_ids, params, "max_length")

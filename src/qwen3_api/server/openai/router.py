@@ -14,6 +14,7 @@ from qwen3_api.errors import InvalidRequestError
 from qwen3_api.server.admission import Admission, admission
 from qwen3_api.server.cached_generation import open_generation
 from qwen3_api.server.disconnect import until_disconnected
+from qwen3_api.server.offload import prepare
 from qwen3_api.server.openai.protocol import (
     ChatCompletion,
     ChatCompletionRequest,
@@ -46,10 +47,15 @@ async def _respond(
 ) -> Any:
     """Prepare (all validation happens here, before any byte is sent), admit (503 when full), then stream or answer.
 
-    Preparing (templating, tokenizing, building the grammar) runs in a worker thread: a huge request never stalls
-    the event loop, and with it every other stream.
+    Preparing (templating, tokenizing, building the grammar) of a long request runs in a worker thread: it never
+    stalls the event loop, and with it every other stream. A Responses request may continue a stored
+    conversation of any length behind a short body, so it always does.
     """
-    prepared = await asyncio.to_thread(serving.prepare, body)
+    prepared: Any
+    if isinstance(serving, ResponsesServing):
+        prepared = await asyncio.to_thread(serving.prepare, body)
+    else:
+        prepared = await prepare(request, lambda: serving.prepare(body))
     for grammar in serving.grammars(prepared):  # type: ignore[arg-type]
         await compile_grammar(serving.engine, grammar, serving.settings.grammar_compile_timeout)
     admit.admit(serving.num_sequences(prepared))  # type: ignore[arg-type]
@@ -96,11 +102,11 @@ async def completions(
     return await _respond(CompletionServing(engine, state.settings), body, request, admit)  # type: ignore[no-any-return]
 
 
-def response_store(request: Request) -> ResponseStore:
+async def response_store(request: Request) -> ResponseStore:
     """Dependency: the app's store of responses (created on first use, sized by --responses-store-size)."""
     app_state = request.app.state
     if getattr(app_state, "responses_store", None) is None:
-        app_state.responses_store = ResponseStore(server_state(request).settings.responses_store_size)
+        app_state.responses_store = ResponseStore(request.app.state.server.settings.responses_store_size)
     store: ResponseStore = app_state.responses_store
     return store
 
