@@ -22,7 +22,8 @@ from qwen3_api.engine.snapshot_dir import MANIFEST
 from qwen3_api.engine.tokenizer import Tokenizer
 
 pytest.importorskip("llama_cpp")
-from qwen3_api.executors.llamacpp_runner import LlamaCppModelRunner, build_llamacpp_engine  # noqa: E402
+from qwen3_api.executors.llamacpp_runner import LlamaCppModelRunner  # noqa: E402
+from qwen3_api.runtime.llamacpp_engine import build_llamacpp_engine  # noqa: E402
 
 MAX_MODEL_LEN = 512
 MODEL = dict(shape="tiny", init_std=0.5)

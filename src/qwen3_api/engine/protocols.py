@@ -76,3 +76,31 @@ class LogitsMasker(Protocol):
 
     def __call__(self, logits: torch.Tensor, matchers: Sequence[GrammarMatcher | None]) -> None:
         """Set to -inf, in place, each logit [B, V] of a token that row's grammar forbids (None: row untouched)."""
+
+
+@dataclass
+class SequenceStates:
+    """Sequences hottest first: the token ids whose K/V each holds (positions 0..n-1) and its llama.cpp state,
+    `states[offsets[i] : offsets[i + 1]]`."""
+
+    tokens: list[list[int]]
+    states: torch.Tensor  # uint8 [total bytes]
+    offsets: list[int]  # len(tokens) + 1
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(len(t) for t in self.tokens)
+
+
+class RetainedSequences(Protocol):
+    """What a runner that keeps finished sequences' KV (the llama.cpp runner) offers this cache."""
+
+    @property
+    def retained_version(self) -> int: ...
+
+    def export_retained(self, max_bytes: int) -> SequenceStates: ...
+
+    def restore_retained(self, snapshot: SequenceStates) -> tuple[int, int]: ...

@@ -13,30 +13,14 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 
+from qwen3_api.engine.protocols import RetainedSequences, SequenceStates
 from qwen3_api.engine.snapshot_dir import RejectedSnapshot, SnapshotDirectory
 
 logger = logging.getLogger(__name__)
-
-@dataclass
-class SequenceStates:
-    """Sequences hottest first: the token ids whose K/V each holds (positions 0..n-1) and its llama.cpp state,
-    `states[offsets[i] : offsets[i + 1]]`."""
-
-    tokens: list[list[int]]
-    states: torch.Tensor  # uint8 [total bytes]
-    offsets: list[int]  # len(tokens) + 1
-
-    def __len__(self) -> int:
-        return len(self.tokens)
-
-    @property
-    def num_tokens(self) -> int:
-        return sum(len(t) for t in self.tokens)
-
 
 @dataclass(frozen=True)
 class SequenceCacheFormat:
@@ -112,17 +96,6 @@ class SequenceStore:
         flat = tokens.tolist()
         per_sequence = [flat[token_offsets[i] : token_offsets[i + 1]] for i in range(count)]
         return SequenceStates(per_sequence, states, state_offsets)
-
-
-class RetainedSequences(Protocol):
-    """What a runner that keeps finished sequences' KV (the llama.cpp runner) offers this cache."""
-
-    @property
-    def retained_version(self) -> int: ...
-
-    def export_retained(self, max_bytes: int) -> SequenceStates: ...
-
-    def restore_retained(self, snapshot: SequenceStates) -> tuple[int, int]: ...
 
 
 class LlamaCppPrefixCache:

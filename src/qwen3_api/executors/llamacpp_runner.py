@@ -27,8 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from qwen3_api.engine.protocols import BatchEntry
-from qwen3_api.engine.sequence_store import SequenceStates
+from qwen3_api.engine.protocols import BatchEntry, SequenceStates
 from qwen3_api.errors import EngineError, ModelLoadError
 from qwen3_api.executors.llamacpp_options import resolve_weight_repack
 from qwen3_api.executors.llamacpp_state import read_retained, write_retained

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from qwen3_api.engine.sequence_store import SequenceStates
+from qwen3_api.engine.protocols import SequenceStates
 from qwen3_api.executors.slot_pool import SlotPool
 
 logger = logging.getLogger(__name__)
