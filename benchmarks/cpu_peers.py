@@ -95,8 +95,8 @@ def preset_plan(preset: str) -> list[Group]:
     output tokens. full: 0.6b and 4b, Q8_0, Q4_0 and Q4_K_M, c = 1, 4, 8, 16, 64 output tokens."""
     every = list(CONTENDERS)
     if preset == "quick":
-        return [Group("0.6b", "Q8_0", (1, 4, 8, 16), 64, 16, contenders_for("Q8_0", every), multi_turn=True),
-                Group("0.6b", "Q4_0", (1, 4, 8, 16), 64, 16, ("llama-server", "ours")),
+        return [Group("0.6b", "Q8_0", (1, 4, 8, 16), 64, 12, contenders_for("Q8_0", every), multi_turn=True),
+                Group("0.6b", "Q4_0", (1, 4, 8, 16), 64, 12, ("llama-server", "ours")),
                 Group("4b", "Q4_0", (1, 8), 32, 8, ("llama-server", "ours"))]  # fmt: skip
     if preset != "full":
         raise ValueError(f"unknown preset {preset!r}")
@@ -350,6 +350,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--theirs-flag", action="append", default=[], help="extra llama-server flag (repeatable)")
     p.add_argument("--out-dir", type=Path, default=Path(__file__).parent / "results")
     p.add_argument("--replot", type=Path, default=None, help="print and plot a saved run's JSON; measure nothing")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and its estimated duration only")
     args = p.parse_args(argv)
     unknown = [c for c in args.contenders or [] if c not in CONTENDERS]
     if unknown:
@@ -371,6 +372,8 @@ def main(argv: list[str] | None = None) -> int:
               f"tokens: {', '.join(g.contenders)}{' + multi-turn' if g.multi_turn else ''}")  # fmt: skip
     print(f"estimated duration on 2 idle cores: ~{math.ceil(estimate / 60)} min (+ builds, model and file "
           "preparation on a first run)", flush=True)  # fmt: skip
+    if args.dry_run:
+        return 0
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     run = Run(machine_description(), started, {"prompt_tokens": args.prompt_tokens, "preset": args.preset,
               "plan": [vars(g) for g in plan], "chat": vars(chat), "threads": args.threads,
