@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cpu_peers
 import pytest
 from peers.multiturn import ChatWorkload
 from peers.report import LLAMA_SERVER, OURS, OURS_DEFAULT
-
-import cpu_peers
 
 
 def plan_of(*argv: str) -> list[cpu_peers.Group]:

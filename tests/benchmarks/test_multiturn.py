@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from peers.multiturn import ChatWorkload, _conversation, run_chat
-
 from cpu_peers import served_model
+from peers.multiturn import ChatWorkload, _conversation, run_chat
 
 from qwen3_api.bench.apis import ApiKind, make_api
 from qwen3_api.bench.loadgen import LoadGenerator

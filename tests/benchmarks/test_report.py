@@ -6,13 +6,13 @@ import json
 import math
 from pathlib import Path
 
+import cpu_peers
 import numpy as np
 import pytest
 from matplotlib import image
 from peers import report
 from peers.report import LLAMA_SERVER, MULTI_TURN, OURS, OURS_DEFAULT, Row, Run
 
-import cpu_peers
 from tests.benchmarks.helpers import result
 
 
