@@ -7,11 +7,12 @@ from pathlib import Path
 import cpu_peers
 import pytest
 from peers.multiturn import ChatWorkload
+from peers.plan import Group, estimate_seconds, make_plan
 from peers.report import LLAMA_SERVER, OURS, OURS_DEFAULT
 
 
-def plan_of(*argv: str) -> list[cpu_peers.Group]:
-    return cpu_peers.make_plan(cpu_peers.parse_args(list(argv)))
+def plan_of(*argv: str) -> list[Group]:
+    return make_plan(cpu_peers.parse_args(list(argv)))
 
 
 def test_quick_preset_is_the_documented_plan() -> None:
@@ -45,16 +46,16 @@ def test_an_unknown_contender_is_refused_by_name(capsys: pytest.CaptureFixture[s
 
 def test_the_quick_preset_fits_an_idle_half_hour_and_full_takes_longer() -> None:
     chat = ChatWorkload()
-    quick = cpu_peers.estimate_seconds(plan_of("--preset", "quick"), 64, chat)
-    full = cpu_peers.estimate_seconds(plan_of("--preset", "full"), 64, chat)
+    quick = estimate_seconds(plan_of("--preset", "quick"), 64, chat)
+    full = estimate_seconds(plan_of("--preset", "full"), 64, chat)
     assert 10 * 60 < quick < 30 * 60 < full
-    fewer = cpu_peers.estimate_seconds(plan_of("--preset", "quick", "--contenders", "ours"), 64, chat)
+    fewer = estimate_seconds(plan_of("--preset", "quick", "--contenders", "ours"), 64, chat)
     assert fewer < quick
 
 
 def test_each_server_gets_the_same_slots_and_context(tmp_path: Path) -> None:
     args = cpu_peers.parse_args(["--threads", "2", "--max-model-len", "512", "--ours-flag=--no-llamacpp-kv-unified"])
-    group = cpu_peers.Group("0.6b", "Q8_0", (1, 4), 64, 16, ("llama-server", "ours", "ours-default"))
+    group = Group("0.6b", "Q8_0", (1, 4), 64, 16, ("llama-server", "ours", "ours-default"))
     peers = cpu_peers.Peers(binary=Path("/cache/bin/llama-server"), llama_server_flags=("--no-repack",))
     gguf, model_dir = Path("/m/x-Q8_0.gguf"), Path("/m/x")
     theirs = cpu_peers.server_for("llama-server", group, gguf, model_dir, args, peers, tmp_path)
@@ -75,7 +76,7 @@ def test_each_server_gets_the_same_slots_and_context(tmp_path: Path) -> None:
 
 def test_llama_server_that_is_not_built_is_an_error_naming_why(tmp_path: Path) -> None:
     args = cpu_peers.parse_args([])
-    group = cpu_peers.Group("0.6b", "Q8_0", (1,), 64, 16, ("llama-server",))
+    group = Group("0.6b", "Q8_0", (1,), 64, 16, ("llama-server",))
     peers = cpu_peers.Peers(llama_server_error="RuntimeError: llama-server is not built at /x")
     with pytest.raises(RuntimeError, match="not built at /x"):
         cpu_peers.server_for("llama-server", group, Path("f.gguf"), Path("d"), args, peers, tmp_path)
