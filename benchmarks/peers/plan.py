@@ -79,7 +79,7 @@ def estimate_seconds(plan: list[Group], prompt_tokens: int, chat: ChatWorkload) 
     total = 0.0
     for g in plan:
         decode, prefill = DECODE.get((g.shape, g.qtype), 20.0), PREFILL.get(g.shape, 85)
-        per_contender = START_S.get(g.shape, 15)
+        per_contender = float(START_S.get(g.shape, 15))
         for c in g.concurrency:
             n = max(g.num_requests, c)
             gain = BATCH_GAIN if c >= 4 else 1.0
