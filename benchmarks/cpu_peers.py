@@ -211,10 +211,24 @@ def run_group(group: Group, args: argparse.Namespace, peers: Peers, log_dir: Pat
     from qwen3_api.models.gguf_convert import convert_checkpoint
     from qwen3_api.testing.models import cached_test_model
 
+    def failed(contender: str, why: str) -> list[Row]:
+        return [Row(group.name, CONTENDERS[contender], c, SWEEP, status=f"failed: {why}") for c in group.concurrency]
+
     dtype = "bfloat16" if group.shape == "4b" else "float32"  # a float32 4b checkpoint would need ~17 GB
-    model_dir = in_subprocess(cached_test_model, group.shape, 0, dtype)
-    gguf = in_subprocess(convert_checkpoint, model_dir, group.qtype.lower())
+    try:
+        model_dir = in_subprocess(cached_test_model, group.shape, 0, dtype)
+        gguf = in_subprocess(convert_checkpoint, model_dir, group.qtype.lower())
+        if args.prepare and peers.openvino_python is not None:
+            for contender in (c for c in group.contenders if c.startswith("openvino")):
+                openvino_env.ensure_export(peers.openvino_python, model_dir, contender.split("-", 1)[1],
+                                           log_dir / f"{contender}-{group.shape}.log")  # fmt: skip
+    except Exception as exc:  # noqa: BLE001 -- no file for this group: its rows say why, the next group goes on
+        print(f"{group.name}: preparing the model or its file failed: {exc!r}", flush=True)
+        run.rows += [row for contender in group.contenders for row in failed(contender, f"no file: {exc}")]
+        return
     print(f"{group.name}: {gguf}", flush=True)
+    if args.prepare:
+        return
     builder = PromptBuilder.from_tokenizer_dir(model_dir)
     for contender in group.contenders:
         try:
@@ -224,8 +238,7 @@ def run_group(group: Group, args: argparse.Namespace, peers: Peers, log_dir: Pat
                 rows = server_rows(contender, group, gguf, model_dir, builder, args, peers, log_dir)
         except Exception as exc:  # noqa: BLE001 -- a contender that fails: say so, go on
             print(f"  {CONTENDERS[contender]} failed: {exc!r} (logs in {log_dir})", flush=True)
-            rows = [Row(group.name, CONTENDERS[contender], c, SWEEP, status=f"failed: {type(exc).__name__}: {exc}")
-                    for c in group.concurrency]  # fmt: skip
+            rows = failed(contender, f"{type(exc).__name__}: {exc}")
         run.rows += rows
         run.save(out)  # after every contender: an interrupted run keeps what it measured
 
@@ -271,6 +284,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out-dir", type=Path, default=Path(__file__).parent / "results")
     p.add_argument("--replot", type=Path, default=None, help="print and plot a saved run's JSON; measure nothing")
     p.add_argument("--dry-run", action="store_true", help="print the plan and its estimated duration only")
+    p.add_argument("--prepare", action="store_true",
+                   help="build, install, make and export everything the plan needs, measure nothing")  # fmt: skip
     args = p.parse_args(argv)
     unknown = [c for c in args.contenders or [] if c not in CONTENDERS]
     if unknown:
@@ -310,6 +325,9 @@ def main(argv: list[str] | None = None) -> int:
     began = time.monotonic()
     for group in plan:
         run_group(group, args, peers, log_dir, run, out)
+    if args.prepare:
+        print(f"prepared in {(time.monotonic() - began) / 60:.1f} min", flush=True)
+        return 0
     run.notes.append(f"took {(time.monotonic() - began) / 60:.1f} min (estimated {estimate / 60:.0f})")
     run.save(out)
     print_run(run)

@@ -80,3 +80,14 @@ def test_llama_server_that_is_not_built_is_an_error_naming_why(tmp_path: Path) -
     peers = cpu_peers.Peers(llama_server_error="RuntimeError: llama-server is not built at /x")
     with pytest.raises(RuntimeError, match="not built at /x"):
         cpu_peers.server_for("llama-server", group, Path("f.gguf"), Path("d"), args, peers, tmp_path)
+
+
+def test_prepare_makes_the_file_and_measures_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from qwen3_api.models.gguf_convert import converted_path
+    from qwen3_api.testing.models import cached_test_model
+
+    argv = ["--prepare", "--shapes", "tiny", "--qtypes", "Q8_0", "--contenders", "ours", "--out-dir", str(tmp_path)]
+    assert cpu_peers.main(argv) == 0
+    gguf = converted_path(cached_test_model("tiny"), "q8_0")
+    assert gguf.is_file() and f"tiny Q8_0: {gguf}" in capsys.readouterr().out
+    assert list(tmp_path.iterdir()) == []  # no rows, no JSON, no plot
