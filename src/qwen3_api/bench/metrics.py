@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 
@@ -51,18 +51,19 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 @dataclass(frozen=True)
 class Stats:
-    """Mean, median and 99th percentile of one metric, in milliseconds; NaN when nothing was measured."""
+    """Mean, median, 90th and 99th percentile of one metric, in milliseconds; NaN when nothing was measured."""
 
     mean: float
     p50: float
     p99: float
     count: int
+    p90: float = math.nan  # last, so results saved before it existed still load
 
     @classmethod
     def of_seconds(cls, values: Sequence[float]) -> Stats:
         ms = [v * 1000.0 for v in values]
         mean = sum(ms) / len(ms) if ms else math.nan
-        return cls(mean=mean, p50=percentile(ms, 50), p99=percentile(ms, 99), count=len(ms))
+        return cls(mean=mean, p50=percentile(ms, 50), p99=percentile(ms, 99), count=len(ms), p90=percentile(ms, 90))
 
 
 @dataclass
@@ -101,6 +102,15 @@ class BenchResult:
         data = asdict(self)
         data["decode_tokens_per_s"] = self.decode_tokens_per_s
         return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BenchResult:
+        """The result `to_dict` wrote (a saved JSON), for re-plotting without rerunning."""
+        names = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in names}
+        for stat in ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms"):
+            values[stat] = Stats(**{k: v for k, v in data[stat].items() if k in {f.name for f in fields(Stats)}})
+        return cls(**values)
 
 
 def summarize(

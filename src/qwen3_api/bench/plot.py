@@ -12,6 +12,7 @@ import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from qwen3_api.bench.metrics import BenchResult
 
@@ -46,8 +47,23 @@ def _finite(value: float) -> float:
     return value if math.isfinite(value) else math.nan
 
 
-def plot_results(series: Mapping[str, Sequence[BenchResult]], path: Path, model: str, subtitle: str = "") -> Path:
+def plot_results(
+    series: Mapping[str, Sequence[BenchResult]], path: Path, model: str, subtitle: str = "", upper: str = "p99"
+) -> Path:
     """Write one PNG with three panels for each contender's results (one result per concurrency)."""
+    return plot_groups({"": series}, path, model, subtitle, upper)
+
+
+def plot_groups(
+    groups: Mapping[str, Mapping[str, Sequence[BenchResult]]],
+    path: Path,
+    model: str,
+    subtitle: str = "",
+    upper: str = "p99",
+    machine: str | None = None,
+) -> Path:
+    """Write one PNG with a row of three panels (throughput, TTFT, TPOT vs concurrency) per group of contenders,
+    e.g. one row per model file; `upper` is the dashed percentile (p90 or p99); `machine` defaults to this one."""
     try:
         import matplotlib
 
@@ -56,7 +72,24 @@ def plot_results(series: Mapping[str, Sequence[BenchResult]], path: Path, model:
     except ImportError as exc:
         raise PlotUnavailable("plots need matplotlib: pip install 'qwen3-api[bench]'") from exc
 
-    figure, (throughput, ttft, tpot) = plt.subplots(1, 3, figsize=(16, 5.2))
+    figure, axes = plt.subplots(len(groups), 3, figsize=(16, 5.2 * len(groups)), squeeze=False)
+    for (group, series), (throughput, ttft, tpot) in zip(groups.items(), axes, strict=True):
+        _draw_group(series, throughput, ttft, tpot, upper)
+        prefix = f"{group}: " if group else ""
+        throughput.set_title(f"{prefix}output throughput")
+        # Shorter names beside a group's name, so three titles still fit one row.
+        ttft.set_title(f"{prefix}{'TTFT' if group else 'time to first token'} (p50 solid, {upper} dashed)")
+        tpot.set_title(f"{prefix}{'TPOT' if group else 'time per output token'} (p50 solid, {upper} dashed)")
+    title = f"{model} on {machine or machine_description()}"
+    figure.suptitle(title + (f"\n{subtitle}" if subtitle else ""), fontsize=11)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def _draw_group(series: Mapping[str, Sequence[BenchResult]], throughput: Any, ttft: Any, tpot: Any, upper: str) -> None:
     markers = "osD^v<>"
     for i, (name, results) in enumerate(series.items()):
         ordered = sorted(results, key=lambda r: r.concurrency)
@@ -65,8 +98,8 @@ def plot_results(series: Mapping[str, Sequence[BenchResult]], path: Path, model:
         throughput.plot(cs, [_finite(r.output_throughput) for r in ordered], marker=marker, label=name)
         for axis, stat in ((ttft, "ttft_ms"), (tpot, "tpot_ms")):
             line = axis.plot(cs, [_finite(getattr(r, stat).p50) for r in ordered], marker=marker, label=f"{name} p50")
-            axis.plot(cs, [_finite(getattr(r, stat).p99) for r in ordered], marker=marker, linestyle="--",
-                      color=line[0].get_color(), label=f"{name} p99")  # fmt: skip
+            axis.plot(cs, [_finite(getattr(getattr(r, stat), upper)) for r in ordered], marker=marker, linestyle="--",
+                      color=line[0].get_color(), label=f"{name} {upper}")  # fmt: skip
     levels = sorted({r.concurrency for results in series.values() for r in results})
     for axis, label in ((throughput, "output tokens/s"), (ttft, "TTFT (ms)"), (tpot, "TPOT (ms)")):
         axis.set_xlabel("concurrency (requests in flight)")
@@ -77,13 +110,3 @@ def plot_results(series: Mapping[str, Sequence[BenchResult]], path: Path, model:
         axis.grid(True, alpha=0.3)
         axis.legend(fontsize=8)
         axis.set_ylim(bottom=0)
-    throughput.set_title("output throughput")
-    ttft.set_title("time to first token (p50 solid, p99 dashed)")
-    tpot.set_title("time per output token (p50 solid, p99 dashed)")
-    title = f"{model} on {machine_description()}"
-    figure.suptitle(title + (f"\n{subtitle}" if subtitle else ""), fontsize=11)
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path

@@ -1,0 +1,53 @@
+"""llama-server's command line: the same slots and context as ours, and no weight repacking where ours has none."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from peers.llama_server import (
+    default_cache_dir,
+    help_text,
+    llama_server_command,
+    llama_server_path,
+    ours_repack_mode,
+    repack_flags,
+)
+
+HELP_WITH_REPACK = "-nr,    --repack, --no-repack   whether to enable weight repacking (default: enabled)\n"
+
+
+def test_no_repack_exactly_when_ours_does_not_repack() -> None:
+    assert repack_flags(ours_repacks=False, help_output=HELP_WITH_REPACK) == ["--no-repack"]
+    assert repack_flags(ours_repacks=True, help_output=HELP_WITH_REPACK) == []
+
+
+def test_a_build_without_the_switch_is_refused_rather_than_run_on_other_kernels() -> None:
+    with pytest.raises(RuntimeError, match="--no-repack"):
+        repack_flags(ours_repacks=False, help_output="-t, --threads N\n")
+    assert repack_flags(ours_repacks=True, help_output="-t, --threads N\n") == []  # nothing to switch off
+
+
+@pytest.mark.parametrize(
+    ("flags", "mode"),
+    [([], "auto"), (["--llamacpp-weight-repack", "on"], "on"), (["--llamacpp-weight-repack=off"], "off"),
+     (["--no-llamacpp-kv-unified", "--llamacpp-weight-repack", "off"], "off")],
+)  # fmt: skip
+def test_ours_repack_mode_is_read_from_our_extra_flags(flags: list[str], mode: str) -> None:
+    assert ours_repack_mode(flags) == mode
+
+
+def test_command_gives_every_slot_the_context_ours_gets_per_sequence() -> None:
+    command = llama_server_command(Path("/bin/llama-server"), Path("m.gguf"), 8123, 16, 1024, 2, ["--no-repack"])
+    assert command[0] == "/bin/llama-server"
+    pairs = dict(zip(command[1::2], command[2::2]))
+    assert pairs["-m"] == "m.gguf" and pairs["--port"] == "8123" and pairs["-np"] == "16"
+    assert pairs["-c"] == str(16 * 1024) and pairs["-t"] == "2" and pairs["-tb"] == "2"
+    assert command[-1] == "--no-repack"
+
+
+def test_the_built_binary_knows_no_repack() -> None:
+    binary = llama_server_path(default_cache_dir())
+    if not binary.is_file():
+        pytest.skip(f"llama-server is not built at {binary} (benchmarks/cpu_peers.py builds it)")
+    assert "--no-repack" in help_text(binary)
