@@ -30,6 +30,9 @@ class BatchEntry:
     block_table: list[int]  # physical block ids covering positions 0..start_position + len(token_ids) - 1
     need_logits: bool
     request_id: str = ""  # runners that keep per-sequence state (llama.cpp's sequence ids) key it by this
+    # Speculative decoding: the last num_draft_tokens of token_ids are guesses; an entry that needs logits then gets
+    # 1 + num_draft_tokens rows (its real last token's and each draft's). Only the llama.cpp runner computes them.
+    num_draft_tokens: int = 0
 
 
 class TorchModelRunner:
@@ -138,6 +141,8 @@ class TorchModelRunner:
                 raise ValueError(f"batch entry {i} has no tokens")
             if entry.start_position < 0:
                 raise ValueError(f"batch entry {i} has negative start_position {entry.start_position}")
+            if entry.num_draft_tokens:
+                raise ValueError("speculative decoding (draft tokens) runs on the llama.cpp backend only")
             end = entry.start_position + len(entry.token_ids)
             if end > self.config.max_position_embeddings:
                 raise ValueError(
