@@ -105,6 +105,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=160)
     parser.add_argument("--num-speculative-tokens", type=int, default=None)
     parser.add_argument("--kv-unified", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--threads", type=int, default=None, help="llama.cpp threads; default all cores")
     args = parser.parse_args()
     if args.gguf is None:
         from tests.real_model import smollm2_gguf
@@ -114,6 +115,8 @@ def main() -> None:
     levels = [int(c) for c in args.concurrency.split(",")]
     max_seqs = max(levels)
     base = {"model": "unused", "max_num_seqs": max_seqs, "kv_cache_memory": 0.25, "llamacpp_kv_unified": args.kv_unified}
+    if args.threads is not None:
+        base["llamacpp_threads"] = args.threads
     if args.num_speculative_tokens is not None:
         base["num_speculative_tokens"] = args.num_speculative_tokens
     default_max_batch = Settings(model="unused").speculative_max_batch
