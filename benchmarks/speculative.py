@@ -31,8 +31,8 @@ from qwen3_api.executors.llamacpp_runner import build_llamacpp_engine
 CODES = [
     "def fibonacci(n):\n    if n < 2:\n        return n\n    return fibonacci(n - 1) + fibonnaci(n - 2)\n\n"
     "for i in range(10):\n    print(i, fibonacci(i))\n",
-    "def mean(values):\n    total = 0\n    for value in values:\n        total += value\n    return totl / len(values)\n"
-    "\n\nprint(mean([1, 2, 3, 4]))\n",
+    "def mean(values):\n    total = 0\n    for value in values:\n        total += value\n"
+    "    return totl / len(values)\n\n\nprint(mean([1, 2, 3, 4]))\n",
     "class Stack:\n    def __init__(self):\n        self.items = []\n\n    def push(self, item):\n"
     "        self.items.append(item)\n\n    def pop(self):\n        return self.itmes.pop()\n",
     "def is_prime(n):\n    if n < 2:\n        return False\n    for d in range(2, int(n ** 0.5) + 1):\n"
@@ -114,7 +114,8 @@ def main() -> None:
     tokenizer = Tokenizer.from_gguf(args.gguf)
     levels = [int(c) for c in args.concurrency.split(",")]
     max_seqs = max(levels)
-    base = {"model": "unused", "max_num_seqs": max_seqs, "kv_cache_memory": 0.25, "llamacpp_kv_unified": args.kv_unified}
+    base = {"model": "unused", "max_num_seqs": max_seqs, "kv_cache_memory": 0.25,
+            "llamacpp_kv_unified": args.kv_unified}  # fmt: skip
     if args.threads is not None:
         base["llamacpp_threads"] = args.threads
     if args.num_speculative_tokens is not None:
@@ -127,8 +128,7 @@ def main() -> None:
     print(f"model {args.gguf.name}, greedy, {args.max_tokens} output tokens per request, KV "
           f"{'shared pool' if args.kv_unified else 'per sequence'}, ngram auto-off above {default_max_batch} "
           "decoding sequences")  # fmt: skip
-    header = f"{'c':>2} {'row':<13} {'tok/s':>7} {'ratio':>6} {'steps':>6} {'drafts':>7} {'accepted':>8} {'rate':>6} same"
-    print(header)
+    print(f"{'c':>2} {'row':<13} {'tok/s':>7} {'ratio':>6} {'steps':>6} {'drafts':>7} {'accepted':>8} {'rate':>6} same")
     for c in levels:
         prompts = [tokenizer.encode(tokenizer.render_chat(workload(i))) for i in range(c)]
         rows = [run_row("off", engines["off"], prompts, args.max_tokens),
