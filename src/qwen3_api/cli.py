@@ -101,6 +101,13 @@ def serve(
     llamacpp_threads_batch: Annotated[Optional[int], typer.Option(help="llama.cpp prefill threads")] = None,
     llamacpp_ubatch: Annotated[Optional[int], typer.Option(help="llama.cpp physical batch (tokens)")] = None,
     llamacpp_weight_repack: Annotated[Optional[str], typer.Option(help="auto|on|off")] = None,
+    speculative: Annotated[Optional[str], typer.Option(help="off|ngram (prompt-lookup drafts, llamacpp)")] = None,
+    num_speculative_tokens: Annotated[Optional[int], typer.Option(help="drafts per sequence per step [5]")] = None,
+    ngram_min: Annotated[Optional[int], typer.Option(help="shortest n-gram looked up for drafts [2]")] = None,
+    ngram_max: Annotated[Optional[int], typer.Option(help="longest n-gram looked up for drafts [4]")] = None,
+    speculative_max_batch: Annotated[
+        Optional[int], typer.Option(help="speculate while at most this many sequences decode [2]")
+    ] = None,
     gguf_cache_dir: Annotated[Optional[Path], typer.Option(help="cache of checkpoints converted to GGUF")] = None,
     response_cache_mb: Annotated[
         Optional[float], typer.Option(help="response cache budget in MiB (greedy/seeded requests); 0: off [256]")
@@ -138,6 +145,8 @@ def serve(
         llamacpp_kv_unified=llamacpp_kv_unified, llamacpp_flash_attention=llamacpp_flash_attention,
         llamacpp_threads=llamacpp_threads, llamacpp_threads_batch=llamacpp_threads_batch,
         llamacpp_ubatch=llamacpp_ubatch, llamacpp_weight_repack=llamacpp_weight_repack,
+        speculative=speculative, num_speculative_tokens=num_speculative_tokens, ngram_min=ngram_min,
+        ngram_max=ngram_max, speculative_max_batch=speculative_max_batch,
         gguf_cache_dir=gguf_cache_dir,
         response_cache_mb=response_cache_mb, response_cache_ttl=response_cache_ttl,
         prefix_cache_dir=prefix_cache_dir, prefix_cache_dir_mb=prefix_cache_dir_mb,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_MODEL = "Qwen/Qwen3-4B-Instruct-2507"
@@ -90,6 +90,22 @@ class Settings(BaseSettings):
     llamacpp_weight_repack: Literal["auto", "on", "off"] = Field(
         "auto", description="llama.cpp CPU weight repacking (extra buffer types); auto: off where the build has AMX"
     )
+    # Speculative decoding on llama.cpp (issue 10, item 6)
+    speculative: Literal["off", "ngram"] = Field(
+        "off", description="ngram: prompt-lookup drafts verified in one batched decode (llamacpp backend only)"
+    )
+    num_speculative_tokens: int = Field(5, ge=1, le=16, description="draft tokens verified per sequence per step")
+    ngram_min: int = Field(2, ge=1, le=16, description="shortest context suffix looked up for drafts")
+    ngram_max: int = Field(4, ge=1, le=16, description="longest context suffix looked up for drafts (tried first)")
+    speculative_max_batch: int = Field(
+        2, ge=1, description="speculate only while at most this many sequences decode in a step (off beyond)"
+    )
+
+    @model_validator(mode="after")
+    def _ngram_range(self) -> Settings:
+        if self.ngram_min > self.ngram_max:
+            raise ValueError(f"ngram_min ({self.ngram_min}) must be <= ngram_max ({self.ngram_max})")
+        return self
 
     # Safetensors checkpoints on llama.cpp (--quantize q8_0|q4_k_m|q4_0, the CPU default)
     gguf_cache_dir: Path | None = Field(

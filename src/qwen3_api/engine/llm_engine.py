@@ -15,8 +15,9 @@ from qwen3_api.engine.outputs import CoreOutput, FinishReason
 from qwen3_api.engine.prefix_store import PrefixSnapshot
 from qwen3_api.engine.protocols import BatchEntry, LogitsMasker, ModelRunner, SampledToken, SamplingRow, TokenSampler
 from qwen3_api.engine.sampling import SamplingParams
-from qwen3_api.engine.scheduler import Scheduler, SchedulerOutput
+from qwen3_api.engine.scheduler import ScheduledChunk, Scheduler, SchedulerOutput
 from qwen3_api.engine.sequence import Sequence
+from qwen3_api.engine.speculative import Speculator
 from qwen3_api.engine.structured import GrammarCompiler, GrammarMatcher, StructuredOutput
 from qwen3_api.engine.thinking import ThoughtTracker
 from qwen3_api.errors import InvalidRequestError
@@ -34,12 +35,16 @@ class LLMEngine:
         sampler: TokenSampler,
         grammar_compiler: Callable[[], GrammarCompiler] | None = None,
         mask_logits: LogitsMasker | None = None,
+        speculator: Speculator | None = None,
     ) -> None:
         """Structured output needs both `grammar_compiler` (builds the grammars) and `mask_logits` (applies them
-        to a step's logits, on the runner's device)."""
+        to a step's logits, on the runner's device). `speculator` turns on speculative decoding (prompt-lookup
+        drafts); the runner must then compute draft tokens (`BatchEntry.num_draft_tokens`) and drop rejected ones'
+        K/V (`rollback`)."""
         if (grammar_compiler is None) != (mask_logits is None):
             raise ValueError("structured output needs both grammar_compiler and mask_logits, or neither")
         self.scheduler = scheduler
+        self.speculator = speculator
         self.runner = runner
         self.sampler = sampler
         self.mask_logits = mask_logits
@@ -115,6 +120,7 @@ class LLMEngine:
             "preemptions": float(self.scheduler.num_preemptions),
             "kv_blocks_used": float(kv.num_blocks - kv.num_free_blocks),
             "kv_blocks_total": float(kv.num_blocks),
+            **(self.speculator.stats() if self.speculator is not None else {}),
         }
 
     def shutdown(self) -> None:
@@ -156,8 +162,18 @@ class LLMEngine:
         if not out.chunks:
             return []
         self.num_steps += 1
-        logits = self.runner.forward(self._batch(out))  # [sampling chunks, V]
-        sampling = [chunk.seq for chunk in out.chunks if chunk.samples]
+        if self.speculator is not None:
+            self.scheduler.attach_drafts(out, self.speculator.propose(out, self._speculates))
+        logits = self.runner.forward(self._batch(out))  # [sampling chunks + their drafts, V]
+        sampling_chunks = [chunk for chunk in out.chunks if chunk.samples]
+        sampling = [chunk.seq for chunk in sampling_chunks]
+        # A chunk with drafts has 1 + len(drafts) rows; the first is the ordinary next-token row.
+        first_rows, all_logits, row = [], logits, 0
+        for chunk in sampling_chunks:
+            first_rows.append(row)
+            row += 1 + len(chunk.draft_token_ids)
+        if len(first_rows) != logits.shape[0]:
+            logits = logits[first_rows]  # [sampling chunks, V]
         # Work that belongs to one row (its grammar mask, its sampling, its grammar step) fails that row alone:
         # `failed` collects those requests with the reason; they are aborted and reported, the others go on.
         failed: dict[str, str] = {}
@@ -185,10 +201,18 @@ class LLMEngine:
                     ended.add(seq.request_id)
             except Exception as exc:
                 failed[seq.request_id] = _describe("the grammar failed", exc, seq.request_id)
+        more: dict[str, list[SampledToken]] = {}
+        if all_logits is not logits:
+            alive = {rid: p for rid, p in picked.items() if rid not in failed}
+            more = self.speculator.verify(self.sampler, all_logits, sampling_chunks, first_rows, alive)  # type: ignore[union-attr]
+            self._drop_rejected_drafts(sampling_chunks, more)
         for request_id in failed:
             self.scheduler.abort(request_id)  # update() skips it; its blocks are free now
-        sampled = {rid: p.token_id for rid, p in picked.items() if rid not in failed}
-        finished = self.scheduler.update(out, sampled, frozenset(ended))
+        tokens = {rid: [p, *more.get(rid, [])] for rid, p in picked.items() if rid not in failed}
+        sampled = {rid: picks[-1].token_id for rid, picks in tokens.items()}
+        accepted = {rid: [p.token_id for p in picks[:-1]] for rid, picks in tokens.items() if len(picks) > 1}
+        before = {seq.request_id: len(seq.output_token_ids) for seq in sampling}
+        finished = self.scheduler.update(out, sampled, frozenset(ended), accepted)
         finished_ids = {s.request_id for s in finished}
         if finished_ids or failed:
             self._release(finished_ids | failed.keys())
@@ -197,21 +221,36 @@ class LLMEngine:
             if seq.request_id in failed:
                 outputs.append(CoreOutput(seq.request_id, [], error=failed[seq.request_id]))
                 continue
-            pick = picked[seq.request_id]
+            picks = tokens[seq.request_id][: len(seq.output_token_ids) - before[seq.request_id]]
             done = seq.request_id in finished_ids
+            logprobs = [p.logprob for p in picks if p.logprob is not None]
             outputs.append(
                 CoreOutput(
                     request_id=seq.request_id,
-                    new_token_ids=[pick.token_id],
-                    new_logprobs=[pick.logprob] if pick.logprob is not None else None,
+                    new_token_ids=[p.token_id for p in picks],
+                    new_logprobs=logprobs if logprobs else None,
                     finish_reason=seq.finish_reason if done else None,
                     num_prompt_tokens=seq.num_prompt_tokens,
                     num_cached_tokens=seq.num_cached_tokens,
-                    stop_token_id=pick.token_id if done and seq.finish_reason is FinishReason.STOP else None,
+                    stop_token_id=picks[-1].token_id if done and seq.finish_reason is FinishReason.STOP else None,
                     queue_time=seq.queue_time,
                 )
             )
         return outputs
+
+    def _speculates(self, seq: Sequence) -> bool:
+        """Rows whose per-token state (grammar matcher, thinking budget) lives here decode one token a step."""
+        return seq.request_id not in self._matchers and seq.request_id not in self._thoughts
+
+    def _drop_rejected_drafts(self, chunks: list[ScheduledChunk], more: dict[str, list[SampledToken]]) -> None:
+        """Tell the runner which draft positions hold accepted tokens; the K/V of the rest is dropped, so nothing
+        (prefix reuse included) ever sees a rejected draft. Failed rows keep none."""
+        for chunk in chunks:
+            if chunk.draft_token_ids:
+                # Tokens after the first: each one sampled means the draft before it was accepted.
+                num_accepted = len(more.get(chunk.seq.request_id, []))
+                position = chunk.start_position + 1 + num_accepted
+                self.runner.rollback(chunk.seq.request_id, position)  # type: ignore[attr-defined]
 
     def _apply_masks(self, logits: torch.Tensor, sampling: list[Sequence], failed: dict[str, str]) -> None:
         """Grammar masks for the batch at once; if that fails, row by row, so only the failing rows are failed.
@@ -279,7 +318,10 @@ class LLMEngine:
         for chunk in out.chunks:
             seq, start = chunk.seq, chunk.start_position
             token_ids = [seq.token_id_at(i) for i in range(start, start + chunk.num_new_tokens)]
-            entries.append(BatchEntry(token_ids, start, list(seq.block_table), chunk.samples, seq.request_id))
+            token_ids += chunk.draft_token_ids
+            entries.append(BatchEntry(
+                token_ids, start, list(seq.block_table), chunk.samples, seq.request_id, len(chunk.draft_token_ids),
+            ))  # fmt: skip
         return entries
 
 

@@ -28,6 +28,9 @@ class BatchEntry:
     block_table: list[int]  # physical block ids covering positions 0..start_position + len(token_ids) - 1
     need_logits: bool
     request_id: str = ""  # runners that keep per-sequence state (llama.cpp's sequence ids) key it by this
+    # Speculative decoding: the last num_draft_tokens of token_ids are guesses; an entry that needs logits then gets
+    # 1 + num_draft_tokens rows (its real last token's and each draft's). Only the llama.cpp runner computes them.
+    num_draft_tokens: int = 0
 
 
 class ModelRunner(Protocol):

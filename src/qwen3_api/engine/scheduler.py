@@ -70,6 +70,9 @@ class ScheduledChunk:
 
     seq: Sequence
     num_new_tokens: int
+    # Speculative decoding: guesses of the tokens after this decode's one, computed (and their K/V written) after
+    # it in the same forward, with logits at every position; `update` keeps the ones the sampler accepted.
+    draft_token_ids: tuple[int, ...] = ()
     start_position: int = field(init=False)  # seq.num_computed_tokens when scheduled
     samples: bool = field(init=False)  # the chunk reaches the last token: a new token is sampled from it
 
@@ -92,7 +95,7 @@ class SchedulerOutput:
 
     @property
     def num_scheduled_tokens(self) -> int:
-        return sum(chunk.num_new_tokens for chunk in self.chunks)
+        return sum(chunk.num_new_tokens + len(chunk.draft_token_ids) for chunk in self.chunks)
 
 
 class Scheduler:
@@ -162,13 +165,34 @@ class Scheduler:
         finished_ids, self._finished_ids = self._finished_ids, []
         return SchedulerOutput(chunks=chunks, preempted=preempted, finished_request_ids=finished_ids)
 
+    def attach_drafts(self, output: SchedulerOutput, drafts: dict[str, list[int]]) -> None:
+        """Give decode chunks of `output` draft tokens to verify (speculative decoding), as far as the step's token
+        budget and free KV blocks allow; a draft never preempts anything, it is shortened or dropped instead."""
+        budget = self.config.max_num_batched_tokens - output.num_scheduled_tokens
+        for i, chunk in enumerate(output.chunks):
+            proposal = drafts.get(chunk.seq.request_id)
+            if not proposal or chunk.draft_token_ids or not chunk.samples or chunk.num_new_tokens != 1:
+                continue
+            seq = chunk.seq
+            room = self.config.max_model_len - seq.num_tokens
+            num = min(len(proposal), budget, room, self.kv_cache.num_allocatable_tokens(seq) - 1)
+            if num <= 0 or not self.kv_cache.allocate(seq, 1 + num):
+                continue
+            output.chunks[i] = ScheduledChunk(seq, 1, tuple(proposal[:num]))
+            budget -= num
+
     def update(
-        self, output: SchedulerOutput, sampled: dict[str, int], ended: frozenset[str] = frozenset()
+        self,
+        output: SchedulerOutput,
+        sampled: dict[str, int],
+        ended: frozenset[str] = frozenset(),
+        accepted: dict[str, list[int]] | None = None,
     ) -> list[Sequence]:
         """Record a computed step: advance progress, cache full blocks, append sampled tokens; return the finished.
 
         `sampled` maps request id to the token sampled for every chunk that `samples`. Requests in `ended` stop
-        with their token (their grammar is complete), even with `ignore_eos`.
+        with their token (their grammar is complete), even with `ignore_eos`. `accepted` maps a chunk with drafts
+        to the leading drafts the sampler accepted: they are computed already and come before the sampled token.
         """
         finished: list[Sequence] = []
         for chunk in output.chunks:
@@ -177,15 +201,25 @@ class Scheduler:
                 continue  # aborted after schedule(): its blocks are already freed
             if seq.num_computed_tokens != chunk.start_position:
                 raise EngineError(f"step for request {seq.request_id} is stale or was already applied")
-            seq.num_computed_tokens += chunk.num_new_tokens
-            self.kv_cache.cache_computed_blocks(seq)
             if not chunk.samples:
+                seq.num_computed_tokens += chunk.num_new_tokens
+                self.kv_cache.cache_computed_blocks(seq)
                 continue
             token = sampled.get(seq.request_id)
             if token is None:
                 raise EngineError(f"the executor sampled no token for request {seq.request_id}")
-            seq.output_token_ids.append(token)
-            reason = FinishReason.STOP if seq.request_id in ended else self._finish_reason(seq, token)
+            kept = (accepted or {}).get(seq.request_id, []) if chunk.draft_token_ids else []
+            if list(chunk.draft_token_ids[: len(kept)]) != kept:
+                raise EngineError(f"request {seq.request_id}: accepted tokens are not its drafts")
+            seq.num_computed_tokens += chunk.num_new_tokens + len(kept)
+            reason = None
+            for i, new_token in enumerate([*kept, token]):
+                seq.output_token_ids.append(new_token)
+                last = i == len(kept)
+                reason = FinishReason.STOP if last and seq.request_id in ended else self._finish_reason(seq, new_token)
+                if reason is not None:
+                    break
+            self.kv_cache.cache_computed_blocks(seq)
             if reason is not None:
                 self._finish(seq, reason)
                 finished.append(seq)

@@ -75,6 +75,7 @@ class LlamaCppModelRunner:
         weight_repack: str = "auto",
         kv_unified: bool = False,
         kv_cells: int | None = None,
+        max_draft_tokens: int = 0,
     ) -> None:
         """`kv_cache_type` "f32" makes logits of an F32 GGUF match a float32 reference to ~1e-5 instead of ~1e-3
         relative, at twice the KV memory. `flash_attention` stays off by default: with it, llama.cpp's CPU logits of
@@ -88,7 +89,8 @@ class LlamaCppModelRunner:
         the pool (the engine's block accounting does), and retained prefixes are dropped when cells run short.
         "q8_0" cells need flash attention (llama.cpp refuses quantized V cells without), so it is turned on.
         `n_threads_batch` (prefill; default `n_threads`) and `n_ubatch` (physical batch; default `n_batch`) are
-        llama.cpp's own knobs."""
+        llama.cpp's own knobs. `max_draft_tokens` (speculative decoding) is the most draft tokens an entry
+        carries: each gets a logits row."""
         import llama_cpp
 
         if kv_cache_type not in _GGML_TYPES:
@@ -131,8 +133,8 @@ class LlamaCppModelRunner:
         # The compute buffer scales with the physical batch; the scheduler's step budget is the natural size.
         params.n_ubatch = min(n_ubatch or n_batch, n_batch)
         # Without this cap, llama.cpp reserves logits for every batch position (n_batch x vocab floats, ~300 MB at
-        # 512 x 151,936). A step asks for at most one row per running sequence.
-        params.n_outputs_max = min(max_num_seqs, n_batch)
+        # 512 x 151,936). A step asks for at most one row per running sequence, plus one per draft token.
+        params.n_outputs_max = min(max_num_seqs * (1 + max_draft_tokens), n_batch)
         params.n_threads = self.n_threads
         params.n_threads_batch = self.n_threads_batch
         params.no_perf = True
@@ -217,6 +219,13 @@ class LlamaCppModelRunner:
         return write_retained(self._lib, self._ctx, self._memory, self._pool, snapshot,
                               max_tokens_per_seq=self.n_ctx_seq, max_total_tokens=total)  # fmt: skip
 
+    def rollback(self, request_id: str, num_tokens: int) -> None:
+        """Keep only the first `num_tokens` positions of a request's sequence: the K/V of draft tokens the sampler
+        rejected is dropped (llama_memory_seq_rm), and the slot's recorded tokens shrink with it."""
+        slot = self._pool.slot_of(request_id)
+        if slot is not None and num_tokens < slot.num_cached:
+            self._run_op(self._pool.truncate(request_id, num_tokens))
+
     def _run_op(self, op: SlotOp) -> None:
         lib, memory = self._lib, self._memory
         if op.kind == "copy":
@@ -257,18 +266,19 @@ class LlamaCppModelRunner:
     # -- compute -------------------------------------------------------------------------------------------
 
     def forward(self, batch: list[BatchEntry]) -> torch.Tensor:
-        """Compute the batch's new tokens and return float32 logits [entries with need_logits, vocab] for the last
-        new token of each such entry, in batch order."""
-        logits = torch.empty(sum(e.need_logits for e in batch), self.vocab_size, dtype=torch.float32)
+        """Compute the batch's new tokens and return float32 logits [rows, vocab], in batch order: for each entry
+        with need_logits, its last new token's row, or with drafts the rows of its last 1 + num_draft_tokens."""
+        rows = sum(1 + e.num_draft_tokens for e in batch if e.need_logits)
+        logits = torch.empty(rows, self.vocab_size, dtype=torch.float32)
         if not batch:
             return logits
         self._check_batch(batch)
         # Flatten to (token, position, seq id, wants logits); slots are resolved (and stale cells cleared) first.
         tokens: list[tuple[int, int, int, bool]] = []
         for entry, seq_id in zip(batch, self._assign_slots(batch), strict=True):
-            last = len(entry.token_ids) - 1
+            first_output = len(entry.token_ids) - 1 - entry.num_draft_tokens
             for i, token_id in enumerate(entry.token_ids):
-                tokens.append((token_id, entry.start_position + i, seq_id, entry.need_logits and i == last))
+                tokens.append((token_id, entry.start_position + i, seq_id, entry.need_logits and i >= first_output))
         row = 0
         try:
             for begin in range(0, len(tokens), self.n_batch):
@@ -331,6 +341,9 @@ class LlamaCppModelRunner:
                     f"batch entry {i} reaches position {entry.start_position + len(entry.token_ids)}, past the "
                     f"{self.n_ctx_seq} cells of a llama.cpp sequence"
                 )
+            if not 0 <= entry.num_draft_tokens < len(entry.token_ids):
+                drafts, total = entry.num_draft_tokens, len(entry.token_ids)
+                raise ValueError(f"batch entry {i} has {drafts} draft tokens among {total} tokens")
             if entry.request_id in seen:
                 raise ValueError(f"request {entry.request_id!r} appears twice in one batch")
             seen.add(entry.request_id)

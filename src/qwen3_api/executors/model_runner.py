@@ -127,6 +127,8 @@ class TorchModelRunner:
                 raise ValueError(f"batch entry {i} has no tokens")
             if entry.start_position < 0:
                 raise ValueError(f"batch entry {i} has negative start_position {entry.start_position}")
+            if entry.num_draft_tokens:
+                raise ValueError("speculative decoding (draft tokens) runs on the llama.cpp backend only")
             end = entry.start_position + len(entry.token_ids)
             if end > self.config.max_position_embeddings:
                 raise ValueError(

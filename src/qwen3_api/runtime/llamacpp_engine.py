@@ -11,6 +11,7 @@ import torch
 from qwen3_api.config import Settings
 from qwen3_api.engine.llm_engine import LLMEngine
 from qwen3_api.engine.sequence import Sequence
+from qwen3_api.engine.speculative import Speculator, speculative_config
 from qwen3_api.engine.tokenizer import Tokenizer
 from qwen3_api.executors.llamacpp_options import flash_attention_for
 from qwen3_api.executors.llamacpp_runner import LlamaCppModelRunner
@@ -47,6 +48,7 @@ def build_llamacpp_engine(
         reuse_prefixes=settings.enable_prefix_caching, min_reuse_tokens=settings.block_size,
         min_copy_tokens=max(64, settings.block_size), weight_repack=settings.llamacpp_weight_repack,
         kv_unified=unified, kv_cells=kv_cells,
+        max_draft_tokens=settings.num_speculative_tokens if settings.speculative == "ngram" else 0,
     )  # fmt: skip
     if max_model_len > runner.n_ctx_train:
         logger.warning("max_model_len %d is past the model's training context %d", max_model_len, runner.n_ctx_train)
@@ -64,4 +66,14 @@ def build_llamacpp_engine(
     def prefix_source(seq: Sequence) -> int:
         return runner.lookup_prefix(seq.request_id, seq.all_token_ids)
 
-    return assemble_engine(settings, runner, tokenizer, num_blocks, max_model_len, runner.vocab_size, prefix_source)
+    engine = assemble_engine(
+        settings, runner, tokenizer, num_blocks, max_model_len, runner.vocab_size, prefix_source
+    )
+    if settings.speculative == "ngram":
+        engine.speculator = Speculator(speculative_config(settings), tokenizer.eos_token_ids)
+        logger.info(
+            "speculative decoding: prompt-lookup drafts of up to %d tokens (n-grams %d..%d), while at most %d "
+            "sequences decode", settings.num_speculative_tokens, settings.ngram_min, settings.ngram_max,
+            settings.speculative_max_batch,
+        )  # fmt: skip
+    return engine

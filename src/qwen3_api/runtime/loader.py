@@ -305,6 +305,11 @@ def load_engine(settings: Settings) -> AsyncEngine:
     runtime = choose_runtime(settings)
     logger.info("runtime: %s (%s)", runtime, runtime.reason)
     tokenizer = Tokenizer(model_dir)
+    if runtime.backend != "llamacpp" and settings.speculative != "off":
+        raise ModelLoadError(
+            f"--speculative {settings.speculative} runs on the llama.cpp backend only, not on {runtime.backend} "
+            "(serve a GGUF, or a checkpoint with --backend llamacpp)"
+        )
     if runtime.backend == "llamacpp":
         from qwen3_api.models.gguf_convert import convert_checkpoint
 

@@ -29,6 +29,10 @@ ENGINE_COUNTERS = {
     "prefix_queried_tokens": "Prompt tokens looked up in the prefix cache",
     "prefix_hit_tokens": "Prompt tokens served from the prefix cache",
     "preemptions": "Sequences preempted (recomputed later) since start",
+    "spec_decode_draft_tokens": "Speculative draft tokens proposed and verified",
+    "spec_decode_accepted_tokens": "Speculative draft tokens accepted (equal to what the sampler chose)",
+    "spec_decode_full_batch_steps": "Steps decoded without speculation because more sequences decoded than "
+    "--speculative-max-batch",
 }
 
 # Bucket bounds in seconds, spanning a tiny model on a GPU to a 4B model on two CPU cores.
