@@ -1,0 +1,62 @@
+"""Ray Serve's request router for the engine replicas, deciding with `PrefixAwareRouter`.
+
+The ingress passes each call's `RouteKey` as the keyword argument `route`; this router ranks the live replicas
+with it, and Ray Serve sends the request to the first of them that has room (`max_ongoing_requests`). Load is
+what this router itself has in flight per replica, counted from Serve's routed/completed callbacks.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray.serve.request_router import PendingRequest, ReplicaID, RequestRouter, RunningReplica
+
+from qwen3_api.scaleout.routing import PrefixAwareRouter, RouteKey, register_active
+
+# Ray Serve ships this module to the handle's process by value (cloudpickle): module-level state here would be a
+# copy. What the ingress reads lives in `routing` (imported by reference) instead.
+
+
+def route_key_of(pending_request: PendingRequest | None) -> RouteKey:
+    route = pending_request.kwargs.get("route") if pending_request is not None else None
+    return route if isinstance(route, RouteKey) else RouteKey()
+
+
+class PrefixAwareRequestRouter(RequestRouter):
+    """Longest cached prefix first, unless overloaded; else least loaded (see `qwen3_api.scaleout.routing`)."""
+
+    def initialize_state(self, **kwargs: Any) -> None:
+        self.policy = PrefixAwareRouter(**kwargs)
+        self._reasons: dict[str, Any] = {}
+        register_active(self.policy)
+
+    def update_replicas(self, replicas: list[RunningReplica]) -> None:
+        super().update_replicas(replicas)
+        self.policy.set_replicas(r.replica_id.unique_id for r in replicas)
+
+    def on_replica_actor_died(self, replica_id: ReplicaID) -> None:
+        super().on_replica_actor_died(replica_id)
+        self.policy.remove_replica(replica_id.unique_id)
+
+    async def choose_replicas(
+        self, candidate_replicas: list[RunningReplica], pending_request: PendingRequest | None = None
+    ) -> list[list[RunningReplica]]:
+        by_id = {r.replica_id.unique_id: r for r in candidate_replicas}
+        if not by_id:
+            return []
+        self.policy.set_replicas(r.replica_id.unique_id for r in self._replicas.values())
+        try:
+            decision = self.policy.choose(route_key_of(pending_request), list(by_id))
+        except ValueError:  # a pinned replica that is gone: nothing fits (the caller's timeout ends the wait)
+            return []
+        if pending_request is not None:
+            self._reasons[pending_request.metadata.internal_request_id] = decision.reason
+        return [[by_id[name]] for name in decision.ranking]
+
+    def on_request_routed(self, pending_request: PendingRequest, replica_id: ReplicaID, result: Any) -> None:
+        request_id = pending_request.metadata.internal_request_id
+        reason = self._reasons.pop(request_id, "least_loaded")
+        self.policy.on_routed(replica_id.unique_id, route_key_of(pending_request), request_id, reason)
+
+    def on_request_completed(self, replica_id: ReplicaID, internal_request_id: str) -> None:
+        self.policy.on_completed(internal_request_id)
