@@ -78,7 +78,10 @@ def replica_ids(server: ServerProcess) -> dict[str, float]:
     """Replica id -> qwen3_api_model_loaded, from the ingress' merged /metrics."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    text = requests.get(f"{server.url}/metrics", timeout=30).text
+    response = requests.get(f"{server.url}/metrics", timeout=30)
+    if response.status_code != 200:  # Ray Serve's proxy answers 404 until the application is deployed
+        return {}
+    text = response.text
     return {sample.labels["replica"]: sample.value for family in text_string_to_metric_families(text)
             for sample in family.samples if sample.name == "qwen3_api_model_loaded"}  # fmt: skip
 

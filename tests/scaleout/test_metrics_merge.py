@@ -21,7 +21,9 @@ def test_merge_labels_every_sample_and_keeps_families_whole() -> None:
     families = {f.name: f for f in text_string_to_metric_families(merged)}
     requests = [s for s in families["qwen3_api_requests"].samples if s.name == "qwen3_api_requests_total"]
     assert {(s.labels["replica"], s.labels["route"], s.value) for s in requests} == {
-        ("r1", "/v1/responses/{response_id}", 3.0), ("r2", "/v1/responses/{response_id}", 5.0)}
+        ("r1", "/v1/responses/{response_id}", 3.0),
+        ("r2", "/v1/responses/{response_id}", 5.0),
+    }
     loaded = {s.labels["replica"]: s.value for s in families["qwen3_api_model_loaded"].samples}
     assert loaded == {"r1": 1.0, "r2": 0.0}
     assert merged.count("# TYPE qwen3_api_model_loaded gauge") == 1

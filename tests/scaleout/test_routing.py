@@ -29,8 +29,10 @@ def test_next_turn_of_a_chat_goes_where_the_previous_turn_went() -> None:
     router = PrefixAwareRouter()
     router.set_replicas(["a", "b", "c"])
     first = prompt_text("/v1/chat/completions", chat("Tell me about the history of the Roman empire, briefly."))
-    second = prompt_text("/v1/chat/completions", chat("Tell me about the history of the Roman empire, briefly.",
-                                                       "It rose and fell.", "And Byzantium?"))
+    second = prompt_text(
+        "/v1/chat/completions",
+        chat("Tell me about the history of the Roman empire, briefly.", "It rose and fell.", "And Byzantium?"),
+    )
     replica = route(router, first, "r1")
     router.on_completed("r1")
     # Make the chosen replica the busiest one (within the slack): affinity still wins.
@@ -124,8 +126,9 @@ def test_learned_blocks_are_bounded_per_replica() -> None:
 def test_prompt_text_covers_each_api() -> None:
     assert prompt_text("/generate", {"prompt": "Hi"}) == "Hi"
     assert prompt_text("/v1/completions", {"prompt": [1, 2]}) == "[1,2]"
-    text = prompt_text("/v1/messages", {"system": "S", "messages": [
-        {"role": "user", "content": [{"type": "text", "text": "hello"}]}]})
+    text = prompt_text(
+        "/v1/messages", {"system": "S", "messages": [{"role": "user", "content": [{"type": "text", "text": "hello"}]}]}
+    )
     assert "S" in text and text.endswith("<user>hello")
     assert prompt_text("/v1/responses", {"instructions": "I", "input": "question"}).endswith("<user>question")
     # a chat's next turn starts with the previous turn's text

@@ -29,7 +29,8 @@ def replica_options(settings: Settings) -> dict[str, Any]:
         "health_check_period_s": 5,
         "graceful_shutdown_timeout_s": settings.shutdown_timeout,
         "request_router_config": RequestRouterConfig(
-            request_router_class=f"{PrefixAwareRequestRouter.__module__}.{PrefixAwareRequestRouter.__name__}",
+            # by import path: Serve pickles the router's module by value for the handle's process
+            request_router_class=f"{PrefixAwareRequestRouter.__module__}.{PrefixAwareRequestRouter.__name__}",  # type: ignore[arg-type]
             request_router_kwargs={
                 "overload_slack": settings.route_overload_slack,
                 "overload_ratio": settings.route_overload_ratio,
@@ -54,8 +55,14 @@ def replica_options(settings: Settings) -> dict[str, Any]:
 
 def build_application(settings: Settings) -> Application:
     """The bound application for `serve.run`."""
-    replicas = serve.deployment(EngineReplica).options(**replica_options(settings)).bind(settings)
-    ingress = serve.deployment(Ingress).options(
+    replicas = serve.deployment(EngineReplica).options(**replica_options(settings)).bind(settings)  # type: ignore[attr-defined]
+    ingress = serve.deployment(Ingress).options(  # type: ignore[attr-defined]
         name="Ingress", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=100_000
     )
     return ingress.bind(replicas, settings)
+
+
+def app_builder(args: dict[str, Any]) -> Application:
+    """The application for Serve config files (KubeRay's `serveConfigV2`):
+    `import_path: qwen3_api.scaleout.application:app_builder`, `args` = Settings fields (QWEN3_API_* apply too)."""
+    return build_application(Settings(**args))

@@ -15,11 +15,11 @@ import logging
 import re
 from collections import OrderedDict
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 from ray.exceptions import RayActorError, WorkerCrashedError
 from ray.serve.exceptions import ReplicaUnavailableError
-from ray.serve.handle import DeploymentHandle
+from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
@@ -105,9 +105,16 @@ class Ingress:
         owner = self.response_owner.get(response_id)
         return owner if router is not None and owner in router.replica_ids else None
 
+    def _send(self, request: ForwardedRequest, key: RouteKey) -> DeploymentResponseGenerator[Any]:
+        """Call a replica's `handle_http`; Ray Serve's router picks the replica from `key`."""
+        return cast(
+            DeploymentResponseGenerator[Any],
+            self.replicas.options(stream=True).handle_http.remote(request, route=key),
+        )
+
     async def _forward(self, request: ForwardedRequest, key: RouteKey) -> Response:
         for attempt in (1, 2):
-            stream = self.replicas.options(stream=True).handle_http.remote(request, route=key)
+            stream = self._send(request, key)
             try:
                 start = await stream.__anext__()
                 first: list[bytes] = []
@@ -179,7 +186,7 @@ class Ingress:
 
     async def _ask(self, path: str, key: RouteKey) -> tuple[str, int, bytes] | None:
         request = ForwardedRequest("GET", path)
-        stream = self.replicas.options(stream=True).handle_http.remote(request, route=key)
+        stream = self._send(request, key)
         try:
             async with asyncio.timeout(PROBE_TIMEOUT_S):
                 start = await stream.__anext__()
@@ -226,5 +233,3 @@ class Ingress:
             for replica in router.replica_ids:
                 lines.append(f'qwen3_api_router_in_flight{{replica="{replica}"}} {router.load(replica)}')
         return "\n".join(lines) + "\n"
-
-

@@ -22,7 +22,7 @@ class EngineReplica:
     """A full engine (same settings as `qwen3-api serve`) behind the same FastAPI app; Ray Serve restarts it
     when its process dies or its health check fails."""
 
-    async def __init__(self, settings: Settings) -> None:
+    async def __init__(self, settings: Settings) -> None:  # type: ignore[misc]  # Ray actors may construct async
         from ray import serve
 
         from qwen3_api.logging_setup import configure_logging

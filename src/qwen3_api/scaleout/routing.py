@@ -2,12 +2,12 @@
 
 Each replica is known by the block hashes of the prompts routed to it (an LRU set per replica, bounded), and by
 its load: requests routed to it and not yet completed. A request goes to the replica holding the longest run of
-its leading blocks (when they cover at least `min_match_ratio` of the prompt, as Ray Serve's prefix-affinity
-router: a shared system prompt alone does not pull every conversation to one replica), unless that replica is overloaded compared with the least-loaded one (both thresholds, as
-SGLang's router: more than `overload_slack` requests above the minimum *and* more than `overload_ratio` times
-it); then, and when no replica holds any of its blocks, to the least-loaded replica. Ties are broken by
-rendezvous hashing of the request's own hashes, so identical requests pick the same replica whatever order the
-replicas are listed in.
+its leading blocks, when they cover at least `min_match_ratio` of the prompt (as Ray Serve's prefix-affinity
+router: a shared system prompt alone does not pull every conversation to one replica), unless that replica is
+overloaded compared with the least-loaded one (both thresholds, as SGLang's router: more than `overload_slack`
+requests above the minimum *and* more than `overload_ratio` times it). Then, and when nothing matches, the
+least-loaded replica gets it. Ties are broken by rendezvous hashing of the request's own hashes, so identical
+requests pick the same replica whatever order the replicas are listed in.
 """
 
 from __future__ import annotations
