@@ -78,7 +78,7 @@ def replica_ids(server: ServerProcess) -> dict[str, float]:
     """Replica id -> qwen3_api_model_loaded, from the ingress' merged /metrics."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    response = requests.get(f"{server.url}/metrics", timeout=30)
+    response = requests.get(f"{server.url}/metrics", timeout=90)
     if response.status_code != 200:  # Ray Serve's proxy answers 404 until the application is deployed
         return {}
     text = response.text

@@ -32,14 +32,14 @@ def chat_turn(server: ServerProcess, messages: list[dict[str, str]]) -> tuple[st
 
 
 def test_every_api_answers_through_the_ingress(replicated: ServerProcess) -> None:
-    root = requests.get(f"{replicated.url}/", timeout=30)
+    root = requests.get(f"{replicated.url}/", timeout=90)
     assert root.status_code == 200 and root.json()["status"] == "active"
-    assert requests.get(f"{replicated.url}/health", timeout=30).json() == {"status": "healthy"}
-    assert requests.get(f"{replicated.url}/live", timeout=30).status_code == 200
+    assert requests.get(f"{replicated.url}/health", timeout=90).json() == {"status": "healthy"}
+    assert requests.get(f"{replicated.url}/live", timeout=90).status_code == 200
     generated = post(replicated, "/generate", {"prompt": "Write a haiku about rivers.", "max_length": 6})
     assert generated.status_code == 200 and len(generated.json()["generated_texts"]) == 1
     assert generated.headers["x-replica"] and generated.headers["x-request-id"]
-    models = requests.get(f"{replicated.url}/v1/models", timeout=30).json()
+    models = requests.get(f"{replicated.url}/v1/models", timeout=90).json()
     assert models["data"][0]["id"] == replicated.model
     _, completion = chat_turn(replicated, [{"role": "user", "content": "Hello!"}])
     assert completion["object"] == "chat.completion" and completion["usage"]["completion_tokens"] >= 1
@@ -115,7 +115,7 @@ def test_identical_deterministic_requests_share_a_replica_and_its_cache(replicat
 
 
 def test_metrics_aggregate_both_replicas(replicated: ServerProcess) -> None:
-    text = requests.get(f"{replicated.url}/metrics", timeout=30).text
+    text = requests.get(f"{replicated.url}/metrics", timeout=90).text
     assert len(replica_ids(replicated)) == 2
     assert "qwen3_api_replicas 2" in text and "qwen3_api_router_decisions_total{" in text
 
@@ -159,7 +159,7 @@ def test_killing_a_replica_mid_load_gives_answers_or_clean_errors(
 def requests_by_replica(server: ServerProcess) -> dict[str, float]:
     from prometheus_client.parser import text_string_to_metric_families
 
-    text = requests.get(f"{server.url}/metrics", timeout=30).text
+    text = requests.get(f"{server.url}/metrics", timeout=90).text
     counts: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:

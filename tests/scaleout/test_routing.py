@@ -99,6 +99,8 @@ def test_pinned_requests_and_dead_replicas() -> None:
     router = PrefixAwareRouter()
     router.set_replicas(["a", "b"])
     assert router.choose(RouteKey(pinned_replica="b")).ranking == ("b",)
+    router.on_routed("b", RouteKey(), "p", "pinned")
+    assert router.load("b") == 1 and router.decisions == {}
     holder = route(router, "y" * 100, "r0")
     router.remove_replica(holder)
     assert router.choose(key("y" * 100)).ranking[0] != holder

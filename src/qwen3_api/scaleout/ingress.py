@@ -36,7 +36,7 @@ from qwen3_api.server.errors import error_response
 logger = logging.getLogger(__name__)
 
 REPLICA_DIED = (RayActorError, WorkerCrashedError, ReplicaUnavailableError)
-PROBE_TIMEOUT_S = 10.0  # /health and /metrics of one replica
+PROBE_TIMEOUT_S = 30.0  # /health and /metrics of one replica
 HOP_BY_HOP = {b"connection", b"transfer-encoding", b"keep-alive"}
 MAX_RESPONSE_OWNERS = 100_000  # Responses API ids remembered (their stored conversation lives on one replica)
 _RESPONSE_ID = re.compile(rb'"id"\s*:\s*"(resp_[A-Za-z0-9_-]+)"')

@@ -21,7 +21,8 @@ def serve_replicas(settings: Settings) -> None:
         ray.init(address=settings.ray_address, namespace="qwen3-api", log_to_driver=True)
         logger.info("joined the Ray cluster at %s", settings.ray_address)
     else:
-        ray.init(namespace="qwen3-api", include_dashboard=False, log_to_driver=True)
+        # "local": a new cluster of our own, even where `ray start` left one running (which ray.init() would join)
+        ray.init(address="local", namespace="qwen3-api", include_dashboard=False, log_to_driver=True)
         logger.info("started a local Ray cluster: %s CPUs", ray.cluster_resources().get("CPU"))
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

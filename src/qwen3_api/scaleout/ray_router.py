@@ -25,6 +25,11 @@ def route_key_of(pending_request: PendingRequest | None) -> RouteKey:
 class PrefixAwareRequestRouter(RequestRouter):
     """Longest cached prefix first, unless overloaded; else least loaded (see `qwen3_api.scaleout.routing`)."""
 
+    # Serve asks a replica for its queue length before sending it a request, and skips it when the answer is late.
+    # A replica busy computing (or loading a model) on a loaded CPU answers late: allow more than Serve's 1 s.
+    queue_len_response_deadline_s = 10.0
+    max_queue_len_response_deadline_s = 30.0
+
     def initialize_state(self, **kwargs: Any) -> None:
         self.policy = PrefixAwareRouter(**kwargs)
         self._reasons: dict[str, Any] = {}

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 BlockHash = bytes
-Reason = Literal["prefix", "least_loaded", "overloaded", "random"]
+Reason = Literal["prefix", "least_loaded", "overloaded", "random", "pinned"]
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,7 @@ class PrefixAwareRouter:
             if key.pinned_replica is not None:
                 if key.pinned_replica not in names:
                     raise ValueError(f"replica {key.pinned_replica} is not available")
-                return Decision((key.pinned_replica,), 0, "prefix")
+                return Decision((key.pinned_replica,), 0, "pinned")
             by_load = sorted(names, key=lambda name: (self._replicas[name].in_flight, _weight(key, name)))
             if self.policy == "random":
                 first = self._rng.choice(names)
@@ -138,7 +138,8 @@ class PrefixAwareRouter:
                 return
             replica.in_flight += 1
             self._request_replica[request_id] = replica_id
-            self.decisions[(replica_id, reason)] = self.decisions.get((replica_id, reason), 0) + 1
+            if reason != "pinned":  # probes and stored-response lookups are not routing decisions
+                self.decisions[(replica_id, reason)] = self.decisions.get((replica_id, reason), 0) + 1
             for block_hash in key.block_hashes:
                 replica.blocks[block_hash] = None
                 replica.blocks.move_to_end(block_hash)
