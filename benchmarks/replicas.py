@@ -20,9 +20,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import random
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -59,13 +62,28 @@ def start(model: Path, log_dir: Path, name: str, extra: list[str], replicas: int
                "--kv-cache-memory", "0.25", *extra]  # fmt: skip
     server = ServerProcess(name, command, port, ["/health"], log_dir / f"{name}.log")
     server.start()
-    server.wait_ready(1800)
-    deadline = time.monotonic() + 1800
-    while loaded_replicas(server.url) < replicas:  # /health is 200 with one replica: wait for all of them
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{name}: {replicas} replicas not loaded:\n{server.log_tail()}")
-        time.sleep(2)
+    try:
+        server.wait_ready(1800)
+        deadline = time.monotonic() + 1800
+        while loaded_replicas(server.url) < replicas:  # /health is 200 with one replica: wait for all of them
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{name}: {replicas} replicas not loaded:\n{server.log_tail()}")
+            time.sleep(2)
+    except BaseException:
+        stop(server)
+        raise
     return server
+
+
+def stop(server: ServerProcess) -> None:
+    """SIGTERM the server alone first: it deletes its Serve application and stops its Ray cluster itself (a
+    signal to the whole process group would kill Ray's processes under it first)."""
+    process = server._process
+    if process is not None and process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=120)
+    server.stop(10)
 
 
 def metric_sum(url: str, name: str) -> float:
@@ -155,7 +173,7 @@ def main() -> None:
                     rates[name] = asyncio.run(throughput(server.url, str(model), args.requests, args.concurrency,
                                                          args.max_tokens))  # fmt: skip
                 finally:
-                    server.stop(60)
+                    stop(server)
             print(f"{shape}: c={args.concurrency}, {args.requests} x {args.max_tokens} tokens: 1 replica "
                   f"{rates['1 replica']:.1f} tok/s, 2 replicas {rates['2 replicas']:.1f} tok/s, "
                   f"ratio {rates['2 replicas'] / rates['1 replica']:.2f}x", flush=True)  # fmt: skip
@@ -171,7 +189,7 @@ def main() -> None:
             hits = metric_sum(server.url, "qwen3_api_engine_prefix_hit_tokens_total") - hit0
             results[routing] = (statistics.median(ttfts), hits / queried if queried else 0.0)
         finally:
-            server.stop(60)
+            stop(server)
         print(f"routing {routing}: TTFT p50 {results[routing][0] * 1000:.0f} ms (turns 2..{args.turns}), prefix hit "
               f"rate {results[routing][1]:.2f}", flush=True)  # fmt: skip
     (p_ttft, p_hit), (r_ttft, r_hit) = results["prefix"], results["random"]

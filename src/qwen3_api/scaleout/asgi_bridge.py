@@ -63,6 +63,8 @@ async def serve_asgi(
         return {"type": "http.disconnect"}
 
     async def send(message: Message) -> None:
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            disconnected.set()  # as an ASGI server does: once the response is complete, receive() says disconnect
         await outbox.put(message)
 
     async def run() -> None:
@@ -85,8 +87,7 @@ async def serve_asgi(
                     yield bytes(message["body"])
                 if not message.get("more_body", False):
                     break
-        # The app's own exceptions (after the response ended) surface here.
-        await asyncio.wait_for(asyncio.shield(task), timeout=30)
+        await task  # the app's own exceptions (after the response ended) surface here
     finally:
         disconnected.set()
         if not task.done():

@@ -31,7 +31,7 @@ from qwen3_api.scaleout.replica import REPLICA_HEADER
 from qwen3_api.scaleout.routing import RouteKey, active_router
 from qwen3_api.scaleout.routing_key import block_hashes, prompt_text
 from qwen3_api.scaleout.sse_errors import stream_error_event
-from qwen3_api.server.errors import error_response
+from qwen3_api.server.errors import error_response, internal_error_response
 
 logger = logging.getLogger(__name__)
 
@@ -132,6 +132,10 @@ class Ingress:
                     continue
                 self.failures += 1
                 return error_response(ReplicaFailedError(), request.path)
+            except Exception:  # a failure of the call itself, not of a replica's process
+                stream.cancel()
+                logger.exception("%s %s: forwarding failed", request.method, request.path)
+                return internal_error_response(request.path)
             break
         assert isinstance(start, ResponseStart)
         self._remember_response_owner(request, start, first)
@@ -155,9 +159,9 @@ class Ingress:
             try:
                 async for chunk in stream:
                     yield chunk
-            except REPLICA_DIED:
+            except Exception as exc:  # the replica died (or the call failed) after the response began
                 self.failures += 1
-                logger.warning("%s %s: replica died mid-response", request.method, request.path)
+                logger.warning("%s %s: response cut short: %s", request.method, request.path, type(exc).__name__)
                 if (start.header("content-type") or "").startswith("text/event-stream"):
                     yield stream_error_event(request.path, ReplicaFailedError())
         finally:
