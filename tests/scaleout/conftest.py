@@ -20,6 +20,9 @@ ray = pytest.importorskip("ray", reason="Ray Serve is not installed (pip install
 
 RAY_CPUS = 2  # two replicas of one CPU each
 STARTUP_TIMEOUT_S = 420  # Ray, two model loads and the ingress on a shared 2-core machine
+# The test cluster listens on localhost only; Ray's token authentication (on by default for new local clusters,
+# with one token file per user) would tie it to whichever cluster last wrote that file.
+RAY_ENV = {**os.environ, "RAY_AUTH_MODE": "disabled"}
 
 
 @dataclass
@@ -32,9 +35,16 @@ class RayHead:
         """Run `code` in a fresh driver connected to this cluster (`ray` and `ADDRESS` are defined)."""
         script = f"import ray\nADDRESS = {self.address!r}\nray.init(address=ADDRESS, log_to_driver=False)\n{code}"
         result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=timeout,
-                                cwd=REPO_ROOT)  # fmt: skip
+                                cwd=REPO_ROOT, env=RAY_ENV)  # fmt: skip
         assert result.returncode == 0, result.stdout + result.stderr
         return result.stdout
+
+    def spawn(self, code: str) -> subprocess.Popen[str]:
+        """Start `code` in a fresh driver connected to this cluster, stdout piped."""
+        script = f"import ray\nADDRESS = {self.address!r}\nray.init(address=ADDRESS, log_to_driver=False)\n{code}"
+        return subprocess.Popen(
+            [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT, env=RAY_ENV
+        )
 
 
 def start_ray_head(log_path: Path) -> RayHead:
@@ -48,7 +58,7 @@ def start_ray_head(log_path: Path) -> RayHead:
         f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}",
     ]  # fmt: skip
     log = log_path.open("wb")
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=os.environ.copy())
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=RAY_ENV)
     head = RayHead(f"127.0.0.1:{port}", process, log_path)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
@@ -106,7 +116,7 @@ def start_replicated_server(head: RayHead, model: str, log_path: Path, *args: st
     port = free_port()
     command = [sys.executable, "-m", "qwen3_api.cli", "serve", "--model", model, "--port", str(port),
                "--replicas", "2", "--ray-address", head.address, *args]  # fmt: skip
-    env = {"QWEN3_API_KV_CACHE_MEMORY": TEST_SERVER_KV_GIB, **os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {"QWEN3_API_KV_CACHE_MEMORY": TEST_SERVER_KV_GIB, **RAY_ENV, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(command, stdout=log_path.open("wb"), stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT)
     server = ServerProcess(f"http://127.0.0.1:{port}", process, log_path, model)
     try:
@@ -125,9 +135,9 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayHead]:
 
 
 @pytest.fixture(scope="module")
-def replicated(ray_head: RayHead, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
-    ServerProcess
-]:
+def replicated(
+    ray_head: RayHead, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
     """Two replicas of the tiny model on our torch engine, one CPU each, behind the ingress."""
     log_path = tmp_path_factory.mktemp("replicated") / "serve.log"
     server = start_replicated_server(ray_head, str(tiny_model_dir), log_path, "--backend", "torch", "--quantize",

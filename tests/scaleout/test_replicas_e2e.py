@@ -7,6 +7,7 @@ import json
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -121,27 +122,39 @@ def test_metrics_aggregate_both_replicas(replicated: ServerProcess) -> None:
 
 
 def test_killing_a_replica_mid_load_gives_answers_or_clean_errors(
-    replicated: ServerProcess, ray_head: RayHead
+    replicated: ServerProcess, ray_head: RayHead, tmp_path: Path
 ) -> None:
     before = set(wait_for_loaded_replicas(replicated, 2, 60))
     victim = sorted(before)[0]
+    go = tmp_path / "kill-now"
+    # A driver connected to the cluster ahead of time (connecting takes seconds): it kills the victim's actor the
+    # moment the file appears.
+    killer = ray_head.spawn(
+        "import os, time\n"
+        "from ray.util import list_named_actors\n"
+        f"name = next(a['name'] for a in list_named_actors(all_namespaces=True) if a['name'].endswith('#{victim}'))\n"
+        "actor = ray.get_actor(name, namespace='serve')\n"
+        "print('ready', flush=True)\n"
+        f"while not os.path.exists({str(go)!r}): time.sleep(0.05)\n"
+        "ray.kill(actor)\n"
+    )
+    assert killer.stdout is not None and killer.stdout.readline().strip() == "ready"
 
     def one(i: int) -> tuple[int, str]:
         stream = i % 2 == 0
-        body = {"prompt": f"{i} request under load {i}", "max_length": 48, "stream": stream, "ignore_eos": True}
-        with requests.post(f"{replicated.url}/generate", json=body, stream=stream, timeout=240) as response:
+        body = {"prompt": f"{i} request under load {i}", "max_length": 256, "stream": stream, "ignore_eos": True}
+        with requests.post(f"{replicated.url}/generate", json=body, stream=stream, timeout=600) as response:
             text = response.text  # a hang fails here, by the timeout
         return response.status_code, text
 
     with ThreadPoolExecutor(8) as pool:
         futures = [pool.submit(one, i) for i in range(8)]
-        time.sleep(3)  # requests in flight on both replicas
-        ray_head.run(
-            "from ray.util import list_named_actors\n"
-            f"name = next(a['name'] for a in list_named_actors(all_namespaces=True) if a['name'].endswith('#{victim}'))\n"
-            "ray.kill(ray.get_actor(name, namespace='serve'))\n"
-        )
-        results = [future.result(timeout=300) for future in futures]
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not all(running(replicated).get(r, 0) > 0 for r in before):
+            time.sleep(0.5)  # until both replicas are generating
+        go.touch()
+        assert killer.wait(timeout=60) == 0
+        results = [future.result(timeout=900) for future in futures]
     for status, text in results:
         if status == 200:
             assert text.rstrip().endswith("data: [DONE]") or "generated_texts" in text, text[-300:]
@@ -150,10 +163,25 @@ def test_killing_a_replica_mid_load_gives_answers_or_clean_errors(
         else:
             assert status == 503 and "replica" in json.loads(text)["detail"], text
     assert any(status == 200 and '"error"' not in text for status, text in results)
+    metrics = requests.get(f"{replicated.url}/metrics", timeout=90).text
+    affected = sum(
+        float(line.split()[-1])
+        for line in metrics.splitlines()
+        if line.startswith(("qwen3_api_ingress_retries_total", "qwen3_api_ingress_replica_failures_total"))
+    )
+    assert affected > 0  # the victim had requests in flight: retried or ended with a clean error
     # Ray Serve starts a replacement; the ingress routes to it once it has loaded.
     after = wait_for_loaded_replicas(replicated, 2, 300)
     assert victim not in after and len(after) == 2
     assert post(replicated, "/generate", {"prompt": "after the restart", "max_length": 4}).status_code == 200
+
+
+def running(server: ServerProcess) -> dict[str, float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = requests.get(f"{server.url}/metrics", timeout=90).text
+    return {s.labels["replica"]: s.value for f in text_string_to_metric_families(text) for s in f.samples
+            if s.name == "qwen3_api_engine_running"}  # fmt: skip
 
 
 def requests_by_replica(server: ServerProcess) -> dict[str, float]:

@@ -25,10 +25,22 @@ def route_key_of(pending_request: PendingRequest | None) -> RouteKey:
 class PrefixAwareRequestRouter(RequestRouter):
     """Longest cached prefix first, unless overloaded; else least loaded (see `qwen3_api.scaleout.routing`)."""
 
-    # Serve asks a replica for its queue length before sending it a request, and skips it when the answer is late.
-    # A replica busy computing (or loading a model) on a loaded CPU answers late: allow more than Serve's 1 s.
+    # Serve's default selection asks each ranked replica for its queue length (an actor call per request whose
+    # cached answer is older than 10 s) and skips it when the answer is late; on a loaded CPU such answers were
+    # seen to stay late for minutes while the replica sat idle. The policy already knows each replica's load, so
+    # the first ranked replica with room by that count is taken as it is; a full replica still refuses the request
+    # (Serve's rejection protocol), and Serve then tries the next.
     queue_len_response_deadline_s = 10.0
     max_queue_len_response_deadline_s = 30.0
+
+    async def _select_from_candidate_replicas(
+        self, candidates: list[RunningReplica], backoff_index: int
+    ) -> RunningReplica | None:
+        for replica in candidates:
+            live = self._replicas.get(replica.replica_id)
+            if live is not None and self.policy.load(replica.replica_id.unique_id) < live.max_ongoing_requests:
+                return live
+        return None
 
     def initialize_state(self, **kwargs: Any) -> None:
         self.policy = PrefixAwareRouter(**kwargs)
