@@ -116,7 +116,7 @@ class Ingress:
         for attempt in (1, 2):
             stream = self._send(request, key)
             try:
-                start = await stream.__anext__()
+                start = await _begun(stream)
                 first: list[bytes] = []
                 ended = False
                 try:  # hold the response until its first body chunk: a death before it can still be retried
@@ -189,15 +189,19 @@ class Ingress:
         return {r[0]: (r[1], r[2]) for r in results if r is not None}
 
     async def _ask(self, path: str, key: RouteKey) -> tuple[str, int, bytes] | None:
-        request = ForwardedRequest("GET", path)
-        stream = self._send(request, key)
-        try:
-            async with asyncio.timeout(PROBE_TIMEOUT_S):
-                start = await stream.__anext__()
-                body = b"".join([chunk async for chunk in stream])
-        except (TimeoutError, *REPLICA_DIED):
-            stream.cancel()
+        stream = self._send(ForwardedRequest("GET", path), key)
+
+        async def collect() -> tuple[ResponseStart, bytes]:
+            start = await stream.__anext__()
+            return start, b"".join([chunk async for chunk in stream])
+
+        # Not cancelled on timeout (see `_begun`): a late answer is read to its end in the background and dropped.
+        task = asyncio.ensure_future(collect())
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        done, _ = await asyncio.wait({task}, timeout=PROBE_TIMEOUT_S)
+        if not done or task.exception() is not None:
             return None
+        start, body = task.result()
         return start.header(REPLICA_HEADER) or key.pinned_replica or "?", start.status, body
 
     async def _health(self) -> Response:
@@ -237,3 +241,19 @@ class Ingress:
             for replica in router.replica_ids:
                 lines.append(f'qwen3_api_router_in_flight{{replica="{replica}"}} {router.load(replica)}')
         return "\n".join(lines) + "\n"
+
+
+async def _begun(stream: DeploymentResponseGenerator[Any]) -> Any:
+    """The first item of a replica's stream, its ResponseStart.
+
+    Cancelling a Serve call that is assigned to a replica but has not begun was seen (Ray 2.60, loaded CPU) to
+    leave that replica unreachable from this process for good. So a caller that goes away meanwhile (the client
+    hung up) does not cancel the call: it goes on, and its stream is closed once it has begun, which the replica
+    sees as a disconnect and aborts in its engine.
+    """
+    first = asyncio.ensure_future(stream.__anext__())
+    try:
+        return await asyncio.shield(first)
+    except asyncio.CancelledError:
+        first.add_done_callback(lambda _: stream.cancel())
+        raise
