@@ -47,7 +47,9 @@ class Ingress:
     """The HTTP entry point of a scaled-out deployment (a Ray Serve deployment with no resources of its own)."""
 
     def __init__(self, replicas: DeploymentHandle, settings: Settings) -> None:
-        self.replicas = replicas
+        # One streaming handle for every call: each handle made by `.options()` would get a request router of its
+        # own, each learning prefixes and counting load on its own.
+        self.replicas = replicas.options(stream=True)
         self.settings = settings
         self.response_owner: OrderedDict[str, str] = OrderedDict()
         self.retries = 0
@@ -109,7 +111,7 @@ class Ingress:
         """Call a replica's `handle_http`; Ray Serve's router picks the replica from `key`."""
         return cast(
             DeploymentResponseGenerator[Any],
-            self.replicas.options(stream=True).handle_http.remote(request, route=key),
+            self.replicas.handle_http.remote(request, route=key),
         )
 
     async def _forward(self, request: ForwardedRequest, key: RouteKey) -> Response:

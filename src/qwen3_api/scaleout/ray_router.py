@@ -58,6 +58,11 @@ class PrefixAwareRequestRouter(RequestRouter):
     async def choose_replicas(
         self, candidate_replicas: list[RunningReplica], pending_request: PendingRequest | None = None
     ) -> list[list[RunningReplica]]:
+        if pending_request is not None:
+            # Back off between rounds when no ranked replica can take the request. Serve's base loop retries at once
+            # unless told so (its locality mixin sets this); retrying at once spins the router's event loop, which
+            # then starves the very replies (from slow, loading replicas) that would let requests through.
+            pending_request.routing_context.should_backoff = True
         by_id = {r.replica_id.unique_id: r for r in candidate_replicas}
         if not by_id:
             return []
