@@ -27,18 +27,19 @@ class PrefixAwareRequestRouter(RequestRouter):
 
     # Serve's default selection asks each ranked replica for its queue length (an actor call per request whose
     # cached answer is older than 10 s) and skips it when the answer is late; on a loaded CPU such answers were
-    # seen to stay late for minutes while the replica sat idle. The policy already knows each replica's load, so
-    # the first ranked replica with room by that count is taken as it is; a full replica still refuses the request
-    # (Serve's rejection protocol), and Serve then tries the next.
+    # seen to stay late for minutes while the replica sat idle. The policy already ranks by load, so the first
+    # ranked live replica is taken as it is.
     queue_len_response_deadline_s = 10.0
     max_queue_len_response_deadline_s = 30.0
 
     async def _select_from_candidate_replicas(
         self, candidates: list[RunningReplica], backoff_index: int
     ) -> RunningReplica | None:
+        # Never leave a request waiting here when a ranked replica is live: waiting requests hold Serve's routing
+        # tasks (a few per replica) and so stall every other request behind them. A full replica answers 503.
         for replica in candidates:
             live = self._replicas.get(replica.replica_id)
-            if live is not None and self.policy.load(replica.replica_id.unique_id) < live.max_ongoing_requests:
+            if live is not None:
                 return live
         return None
 
@@ -69,8 +70,8 @@ class PrefixAwareRequestRouter(RequestRouter):
         self.policy.set_replicas(r.replica_id.unique_id for r in self._replicas.values())
         try:
             decision = self.policy.choose(route_key_of(pending_request), list(by_id))
-        except ValueError:  # a pinned replica that is gone: nothing fits (the caller's timeout ends the wait)
-            return []
+        except ValueError:  # no replica known to the policy yet
+            return [list(by_id.values())]
         if pending_request is not None:
             self._reasons[pending_request.metadata.internal_request_id] = decision.reason
         return [[by_id[name]] for name in decision.ranking]

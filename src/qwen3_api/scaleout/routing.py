@@ -110,10 +110,9 @@ class PrefixAwareRouter:
             names = [c for c in (candidates if candidates is not None else self._replicas) if c in self._replicas]
             if not names:
                 raise ValueError("no replica to route to")
-            if key.pinned_replica is not None:
-                if key.pinned_replica not in names:
-                    raise ValueError(f"replica {key.pinned_replica} is not available")
+            if key.pinned_replica in names:
                 return Decision((key.pinned_replica,), 0, "pinned")
+            # A pinned replica that is gone: any replica answers (a request never waits for one that may not return)
             by_load = sorted(names, key=lambda name: (self._replicas[name].in_flight, _weight(key, name)))
             if self.policy == "random":
                 first = self._rng.choice(names)
