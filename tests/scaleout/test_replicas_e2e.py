@@ -48,7 +48,11 @@ def test_every_api_answers_through_the_ingress(replicated: ServerProcess) -> Non
                                                   "messages": [{"role": "user", "content": "Hi"}]})  # fmt: skip
     assert anthropic.status_code == 200 and anthropic.json()["type"] == "message"
     # errors keep their shape and status
-    bad = post(replicated, "/v1/chat/completions", {"model": replicated.model, "messages": [], "bogus": 1})
+    bad = post(
+        replicated,
+        "/v1/chat/completions",
+        {"model": replicated.model, "messages": [{"role": "user", "content": "x"}], "bogus": 1},
+    )
     assert bad.status_code == 400 and "bogus" in bad.json()["error"]["message"]
     assert post(replicated, "/generate", {"prompt": ""}).status_code == 422
 
