@@ -122,6 +122,20 @@ def serve(
     prefix_cache_save_interval: Annotated[
         Optional[float], typer.Option(help="seconds between background prefix cache snapshots [300]")
     ] = None,
+    # scaling out on Ray Serve (pip install qwen3-api[ray])
+    replicas: Annotated[Optional[int], typer.Option(help="engine replicas on Ray Serve behind one ingress [1]")] = None,
+    ray_address: Annotated[Optional[str], typer.Option(help="Ray cluster to join; default: start a local one")] = None,
+    min_replicas: Annotated[Optional[int], typer.Option(help="autoscaling: fewest replicas")] = None,
+    max_replicas: Annotated[Optional[int], typer.Option(help="autoscaling: most replicas")] = None,
+    autoscale_target_ongoing_requests: Annotated[
+        Optional[float], typer.Option(help="autoscaling: requests in flight per replica to aim for [8]")
+    ] = None,
+    replica_cpus: Annotated[Optional[float], typer.Option(help="CPUs reserved per replica [1]")] = None,
+    replica_gpus: Annotated[Optional[float], typer.Option(help="GPUs reserved per replica [0]")] = None,
+    routing: Annotated[Optional[str], typer.Option(help="prefix|random replica choice [prefix]")] = None,
+    route_overload_slack: Annotated[Optional[int], typer.Option(help="see the README's Scaling out [4]")] = None,
+    route_overload_ratio: Annotated[Optional[float], typer.Option(help="see the README's Scaling out [1.5]")] = None,
+    route_min_match_ratio: Annotated[Optional[float], typer.Option(help="see the README's Scaling out [0.1]")] = None,
 ) -> None:
     """Start the HTTP server; it listens at once and loads the model in the background."""
     import uvicorn
@@ -151,8 +165,15 @@ def serve(
         response_cache_mb=response_cache_mb, response_cache_ttl=response_cache_ttl,
         prefix_cache_dir=prefix_cache_dir, prefix_cache_dir_mb=prefix_cache_dir_mb,
         prefix_cache_save_interval=prefix_cache_save_interval,
+        replicas=replicas, ray_address=ray_address, min_replicas=min_replicas, max_replicas=max_replicas,
+        autoscale_target_ongoing_requests=autoscale_target_ongoing_requests, replica_cpus=replica_cpus,
+        replica_gpus=replica_gpus, routing=routing, route_overload_slack=route_overload_slack,
+        route_overload_ratio=route_overload_ratio, route_min_match_ratio=route_min_match_ratio,
     )  # fmt: skip
     configure_server_logging(settings.log_level, settings.log_format)
+    if settings.scaled_out:
+        _serve_scaled_out(settings)
+        return
     server: uvicorn.Server | None = None
     engine_died = False
 
@@ -187,6 +208,16 @@ def serve(
         os._exit(1)
     if application.state.server.load_error:
         raise typer.Exit(1)
+
+
+def _serve_scaled_out(settings: Settings) -> None:
+    try:
+        from qwen3_api.scaleout.launcher import serve_replicas
+    except ImportError as exc:  # ray is an optional extra
+        typer.echo(f"error: --replicas > 1 and --ray-address need Ray Serve: pip install 'qwen3-api[ray]' ({exc})",
+                   err=True)  # fmt: skip
+        raise typer.Exit(2) from exc
+    serve_replicas(settings)
 
 
 @app.command("make-test-model")

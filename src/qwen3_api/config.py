@@ -147,6 +147,47 @@ class Settings(BaseSettings):
         10.0, gt=0, description="seconds a structured-output grammar may take to compile before the request gets 400"
     )
 
+    # ---- scaling out on Ray Serve (qwen3_api.scaleout) ----
+    replicas: int = Field(
+        1, ge=1, description="engine replicas; above 1 (or with --ray-address) they run on Ray Serve behind one ingress"
+    )
+    ray_address: str | None = Field(
+        None, description="Ray cluster to join (host:port or auto); default: a local one is started"
+    )
+    min_replicas: int | None = Field(None, ge=1, description="autoscaling: fewest replicas (turns autoscaling on)")
+    max_replicas: int | None = Field(None, ge=1, description="autoscaling: most replicas (turns autoscaling on)")
+    autoscale_target_ongoing_requests: float = Field(
+        8, gt=0, description="autoscaling: requests in flight per replica that Ray Serve aims for"
+    )
+    replica_cpus: float = Field(1.0, ge=0, description="CPUs Ray reserves per replica (also its torch threads)")
+    replica_gpus: float = Field(0.0, ge=0, description="GPUs Ray reserves per replica")
+    routing: Literal["prefix", "random"] = Field(
+        "prefix", description="replica choice: prefix = longest cached prompt prefix unless overloaded; random"
+    )
+    route_overload_slack: int = Field(
+        4, ge=0, description="a replica holding the prefix is skipped with more than this many requests above the "
+        "least-loaded one (and route_overload_ratio times it)",
+    )  # fmt: skip
+    route_overload_ratio: float = Field(1.5, ge=1, description="see route_overload_slack")
+    route_min_match_ratio: float = Field(
+        0.1, ge=0, le=1, description="share of the prompt a cached prefix must cover to attract the request"
+    )
+
+    @model_validator(mode="after")
+    def _replica_range(self) -> Settings:
+        low, high = self.min_replicas, self.max_replicas
+        if low is not None and high is not None and low > high:
+            raise ValueError(f"min_replicas ({low}) must not exceed max_replicas ({high})")
+        return self
+
+    @property
+    def scaled_out(self) -> bool:
+        """True when the server runs on Ray Serve (several replicas, autoscaling or a cluster to join)."""
+        return (
+            self.replicas > 1 or self.ray_address is not None
+            or self.min_replicas is not None or self.max_replicas is not None
+        )  # fmt: skip
+
     @field_validator("api_keys", "cors_origins", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:

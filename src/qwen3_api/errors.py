@@ -82,3 +82,10 @@ class ServerShuttingDownError(Qwen3APIError):
 
 class EngineDeadError(Qwen3APIError):
     """The engine loop has stopped; the process exits so that its supervisor restarts it."""
+
+
+class ReplicaFailedError(Qwen3APIError):
+    """The replica serving a request died before answering it (scale-out mode); the request may be sent again."""
+
+    def __init__(self, message: str = "The replica serving this request failed; send it again") -> None:
+        super().__init__(message)

@@ -25,6 +25,7 @@ from qwen3_api.errors import (
     ModelNotReadyError,
     NotFoundError,
     Qwen3APIError,
+    ReplicaFailedError,
     RequestTimeoutError,
     RequestTooLargeError,
     ServerShuttingDownError,
@@ -64,7 +65,7 @@ def status_of(exc: Qwen3APIError, openai: bool) -> int:
         return 400 if openai else 422
     if isinstance(exc, (ModelNotReadyError, EngineOverloadedError)):
         return 503
-    if isinstance(exc, (ServerShuttingDownError, EngineDeadError)):
+    if isinstance(exc, (ServerShuttingDownError, EngineDeadError, ReplicaFailedError)):
         return 503
     if isinstance(exc, RequestTimeoutError):
         return 504

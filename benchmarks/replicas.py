@@ -1,0 +1,203 @@
+"""Scaling out: 1 replica vs 2 replicas (aggregate tokens/s), and prefix-aware vs random routing (multi-turn chat).
+
+    python benchmarks/replicas.py                             # tiny and 0.6b shapes, c=8
+    python benchmarks/replicas.py --shapes tiny --requests 16 # smoke
+
+Same load, side by side in one run, on our torch engine:
+1. Throughput, per shape: `--concurrency` clients send `--requests` distinct /v1/completions requests of
+   `--max-tokens` tokens (ignore_eos) to today's single process, then to `--replicas 2` on a local Ray cluster
+   (one CPU per replica). Printed: aggregate generated tokens/s of each and the ratio. On a 2-core machine both
+   setups share the same two cores, so expect ~1x there: replicas add throughput where they add hardware.
+2. Routing, tiny shape, 2 replicas: `--conversations` chats, each opened by its own ~1,500-character document,
+   run `--turns` turns concurrently (each turn resends the whole conversation, streamed); once with
+   `--routing prefix`, once with `--routing random`. Printed: TTFT p50 of the turns after the first and the prefix
+   hit rate (prompt tokens served from the replicas' KV prefix caches, from their merged /metrics). Targets:
+   prefix-aware hit rate >= 2x random's, TTFT p50 <= 0.5x random's.
+Timings on 2 shared cores collapse when other work competes: say so when the machine was not idle.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from qwen3_api.bench.server_process import ServerProcess, free_port
+from qwen3_api.testing.models import cached_test_model
+
+WORDS = [
+    "river",
+    "stone",
+    "lantern",
+    "orbit",
+    "velvet",
+    "copper",
+    "meadow",
+    "signal",
+    "harbor",
+    "ember",
+    "glacier",
+    "pepper",
+    "violet",
+    "anchor",
+]
+
+
+def start(model: Path, log_dir: Path, name: str, extra: list[str], replicas: int) -> ServerProcess:
+    port = free_port()
+    command = [sys.executable, "-m", "qwen3_api.cli", "serve", "--model", str(model), "--port", str(port),
+               "--backend", "torch", "--quantize", "none", "--max-model-len", "4096", "--response-cache-mb", "0",
+               "--kv-cache-memory", "0.25", *extra]  # fmt: skip
+    server = ServerProcess(name, command, port, ["/health"], log_dir / f"{name}.log")
+    server.start()
+    try:
+        server.wait_ready(1800)
+        deadline = time.monotonic() + 1800
+        while loaded_replicas(server.url) < replicas:  # /health is 200 with one replica: wait for all of them
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{name}: {replicas} replicas not loaded:\n{server.log_tail()}")
+            time.sleep(2)
+    except BaseException:
+        stop(server)
+        raise
+    return server
+
+
+def stop(server: ServerProcess) -> None:
+    """SIGTERM the server alone first: it deletes its Serve application and stops its Ray cluster itself (a
+    signal to the whole process group would kill Ray's processes under it first)."""
+    process = server._process
+    if process is not None and process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=120)
+    server.stop(10)
+
+
+def metric_sum(url: str, name: str) -> float:
+    text = httpx.get(f"{url}/metrics", timeout=60).text
+    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples if s.name == name)
+
+
+def loaded_replicas(url: str) -> int:
+    try:
+        return int(metric_sum(url, "qwen3_api_model_loaded"))
+    except httpx.HTTPError:
+        return 0
+
+
+async def throughput(url: str, model: str, requests: int, concurrency: int, max_tokens: int) -> float:
+    """Aggregate generated tokens per second of `requests` distinct completions, `concurrency` at a time."""
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(requests):
+        queue.put_nowait(i)
+    tokens = 0
+
+    async def client(http: httpx.AsyncClient) -> None:
+        nonlocal tokens
+        while not queue.empty():
+            i = queue.get_nowait()
+            body = {"model": model, "prompt": f"{i}: " + " ".join(random.Random(i).choices(WORDS, k=40)),
+                    "max_tokens": max_tokens, "ignore_eos": True, "temperature": 0.7}  # fmt: skip
+            response = await http.post("/v1/completions", json=body)
+            response.raise_for_status()
+            tokens += response.json()["usage"]["completion_tokens"]
+
+    async with httpx.AsyncClient(base_url=url, timeout=1800) as http:
+        started = time.perf_counter()
+        await asyncio.gather(*(client(http) for _ in range(concurrency)))
+        return tokens / (time.perf_counter() - started)
+
+
+async def chat_workload(url: str, model: str, conversations: int, turns: int, max_tokens: int) -> list[float]:
+    """TTFTs of every turn after the first, all conversations running at once."""
+    ttfts: list[float] = []
+
+    async def conversation(http: httpx.AsyncClient, index: int) -> None:
+        document = " ".join(random.Random(1000 + index).choices(WORDS, k=220))
+        messages = [{"role": "user", "content": f"Document {index}: {document}\nSummarize it."}]
+        for turn in range(turns):
+            body = {"model": model, "messages": messages, "max_tokens": max_tokens, "ignore_eos": True,
+                    "temperature": 0.7, "stream": True}  # fmt: skip
+            started, first, text = time.perf_counter(), None, []
+            async with http.stream("POST", "/v1/chat/completions", json=body) as response:
+                response.raise_for_status()
+                async for line in response.aiter_lines():
+                    if not line.startswith("data: {"):
+                        continue
+                    delta = json.loads(line[6:])["choices"][0]["delta"].get("content")
+                    if delta:
+                        first = first or time.perf_counter()
+                        text.append(delta)
+            if turn > 0 and first is not None:
+                ttfts.append(first - started)
+            messages += [{"role": "assistant", "content": "".join(text)},
+                         {"role": "user", "content": f"Now tell me more about point {turn + 1}."}]  # fmt: skip
+
+    async with httpx.AsyncClient(base_url=url, timeout=1800) as http:
+        await asyncio.gather(*(conversation(http, i) for i in range(conversations)))
+    return ttfts
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shapes", nargs="+", default=["tiny", "0.6b"])
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--requests", type=int, default=32)
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--conversations", type=int, default=8)
+    parser.add_argument("--turns", type=int, default=4)
+    parser.add_argument("--skip-throughput", action="store_true")
+    args = parser.parse_args()
+    log_dir = Path(tempfile.mkdtemp(prefix="bench-replicas-"))
+    print(f"logs: {log_dir}")
+    if not args.skip_throughput:
+        for shape in args.shapes:
+            model = cached_test_model(shape)
+            rates = {}
+            for name, extra, replicas in (("1 replica", [], 1), ("2 replicas", ["--replicas", "2"], 2)):
+                server = start(model, log_dir, f"{shape}-{replicas}", extra, replicas)
+                try:
+                    rates[name] = asyncio.run(throughput(server.url, str(model), args.requests, args.concurrency,
+                                                         args.max_tokens))  # fmt: skip
+                finally:
+                    stop(server)
+            print(f"{shape}: c={args.concurrency}, {args.requests} x {args.max_tokens} tokens: 1 replica "
+                  f"{rates['1 replica']:.1f} tok/s, 2 replicas {rates['2 replicas']:.1f} tok/s, "
+                  f"ratio {rates['2 replicas'] / rates['1 replica']:.2f}x", flush=True)  # fmt: skip
+    results = {}
+    model = cached_test_model("tiny")
+    for routing in ("prefix", "random"):
+        server = start(model, log_dir, f"routing-{routing}", ["--replicas", "2", "--routing", routing], 2)
+        try:
+            queried0 = metric_sum(server.url, "qwen3_api_engine_prefix_queried_tokens_total")
+            hit0 = metric_sum(server.url, "qwen3_api_engine_prefix_hit_tokens_total")
+            ttfts = asyncio.run(chat_workload(server.url, str(model), args.conversations, args.turns, args.max_tokens))
+            queried = metric_sum(server.url, "qwen3_api_engine_prefix_queried_tokens_total") - queried0
+            hits = metric_sum(server.url, "qwen3_api_engine_prefix_hit_tokens_total") - hit0
+            results[routing] = (statistics.median(ttfts), hits / queried if queried else 0.0)
+        finally:
+            stop(server)
+        print(f"routing {routing}: TTFT p50 {results[routing][0] * 1000:.0f} ms (turns 2..{args.turns}), prefix hit "
+              f"rate {results[routing][1]:.2f}", flush=True)  # fmt: skip
+    (p_ttft, p_hit), (r_ttft, r_hit) = results["prefix"], results["random"]
+    print(
+        f"prefix-aware vs random: hit rate {p_hit / r_hit if r_hit else float('inf'):.2f}x (target >= 2x), "
+        f"TTFT p50 {p_ttft / r_ttft:.2f}x (target <= 0.5x)"
+    )
+
+
+if __name__ == "__main__":
+    main()

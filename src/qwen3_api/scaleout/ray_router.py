@@ -1,0 +1,85 @@
+"""Ray Serve's request router for the engine replicas, deciding with `PrefixAwareRouter`.
+
+The ingress passes each call's `RouteKey` as the keyword argument `route`; this router ranks the live replicas
+with it, and Ray Serve sends the request to the first of them that has room (`max_ongoing_requests`). Load is
+what this router itself has in flight per replica, counted from Serve's routed/completed callbacks.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray.serve.request_router import PendingRequest, ReplicaID, RequestRouter, RunningReplica
+
+from qwen3_api.scaleout.routing import PrefixAwareRouter, RouteKey, register_active
+
+# Ray Serve ships this module to the handle's process by value (cloudpickle): module-level state here would be a
+# copy. What the ingress reads lives in `routing` (imported by reference) instead.
+
+
+def route_key_of(pending_request: PendingRequest | None) -> RouteKey:
+    route = pending_request.kwargs.get("route") if pending_request is not None else None
+    return route if isinstance(route, RouteKey) else RouteKey()
+
+
+class PrefixAwareRequestRouter(RequestRouter):
+    """Longest cached prefix first, unless overloaded; else least loaded (see `qwen3_api.scaleout.routing`)."""
+
+    # Serve's default selection asks each ranked replica for its queue length (an actor call per request whose
+    # cached answer is older than 10 s) and skips it when the answer is late; on a loaded CPU such answers were
+    # seen to stay late for minutes while the replica sat idle. The policy already ranks by load, so the first
+    # ranked live replica is taken as it is.
+    queue_len_response_deadline_s = 10.0
+    max_queue_len_response_deadline_s = 30.0
+
+    async def _select_from_candidate_replicas(
+        self, candidates: list[RunningReplica], backoff_index: int
+    ) -> RunningReplica | None:
+        # Never leave a request waiting here when a ranked replica is live: waiting requests hold Serve's routing
+        # tasks (a few per replica) and so stall every other request behind them. A full replica answers 503.
+        for replica in candidates:
+            live = self._replicas.get(replica.replica_id)
+            if live is not None:
+                return live
+        return None
+
+    def initialize_state(self, **kwargs: Any) -> None:
+        self.policy = PrefixAwareRouter(**kwargs)
+        self._reasons: dict[str, Any] = {}
+        register_active(self.policy)
+
+    def update_replicas(self, replicas: list[RunningReplica]) -> None:
+        super().update_replicas(replicas)
+        self.policy.set_replicas(r.replica_id.unique_id for r in replicas)
+
+    def on_replica_actor_died(self, replica_id: ReplicaID) -> None:
+        super().on_replica_actor_died(replica_id)
+        self.policy.remove_replica(replica_id.unique_id)
+
+    async def choose_replicas(
+        self, candidate_replicas: list[RunningReplica], pending_request: PendingRequest | None = None
+    ) -> list[list[RunningReplica]]:
+        if pending_request is not None:
+            # Back off between rounds when no ranked replica can take the request. Serve's base loop retries at once
+            # unless told so (its locality mixin sets this); retrying at once spins the router's event loop, which
+            # then starves the very replies (from slow, loading replicas) that would let requests through.
+            pending_request.routing_context.should_backoff = True
+        by_id = {r.replica_id.unique_id: r for r in candidate_replicas}
+        if not by_id:
+            return []
+        self.policy.set_replicas(r.replica_id.unique_id for r in self._replicas.values())
+        try:
+            decision = self.policy.choose(route_key_of(pending_request), list(by_id))
+        except ValueError:  # no replica known to the policy yet
+            return [list(by_id.values())]
+        if pending_request is not None:
+            self._reasons[pending_request.metadata.internal_request_id] = decision.reason
+        return [[by_id[name]] for name in decision.ranking]
+
+    def on_request_routed(self, pending_request: PendingRequest, replica_id: ReplicaID, result: Any) -> None:
+        request_id = pending_request.metadata.internal_request_id
+        reason = self._reasons.pop(request_id, "least_loaded")
+        self.policy.on_routed(replica_id.unique_id, route_key_of(pending_request), request_id, reason)
+
+    def on_request_completed(self, replica_id: ReplicaID, internal_request_id: str) -> None:
+        self.policy.on_completed(internal_request_id)
