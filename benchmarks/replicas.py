@@ -35,7 +35,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from qwen3_api.bench.server_process import ServerProcess, free_port
-from qwen3_api.testing.models import cached_test_model
+from qwen3_api.demo_models.checkpoints import cached_test_model
 
 WORDS = [
     "river",
