@@ -313,7 +313,7 @@ class KVCacheManager:
             self._block_hashes[block_id] = block_hash
             self._parents[block_hash] = parent
             assigned.append(block_id)
-        for block_id in reversed(assigned):  # children first into the queue: they are evicted before parents
-            if block_id is not None:
-                self._free[block_id] = None
+        for maybe_block in reversed(assigned):  # children first into the queue: they are evicted before parents
+            if maybe_block is not None:
+                self._free[maybe_block] = None
         return assigned

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, TypeVar
 
 from qwen3_api.engine.async_engine import AsyncEngine, FinalOutput
@@ -65,7 +65,7 @@ async def collect_all(streams: list[AsyncIterator[RequestOutput]]) -> list[Final
         await _cancel_and_wait(tasks)
 
 
-async def _cancel_and_wait(tasks: list[asyncio.Future[Any]]) -> None:
+async def _cancel_and_wait(tasks: Sequence[asyncio.Future[Any]]) -> None:
     """Cancel `tasks` and wait until each has ended (closing, and so aborting, the engine streams they read)."""
     for task in tasks:
         task.cancel()
