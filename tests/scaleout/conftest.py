@@ -141,6 +141,8 @@ def replicated(
     """Two replicas of the tiny model on our torch engine, one CPU each, behind the ingress."""
     log_path = tmp_path_factory.mktemp("replicated") / "serve.log"
     server = start_replicated_server(ray_head, str(tiny_model_dir), log_path, "--backend", "torch", "--quantize",
-                                     "none", "--max-model-len", "2048")  # fmt: skip
+                                     "none", "--max-model-len", "2048",
+                                     # bounds the ingress' wait on a replica (request timeout + 30 s): 90 s
+                                     "--request-timeout", "60")  # fmt: skip
     yield server
     stop_server(server)

@@ -5,6 +5,10 @@ that `PrefixAwareRequestRouter` ranks first. The replica's response comes back u
 body, streamed as produced). A replica that dies before anything reached the client is replaced for that
 request by another one, once; a stream cut later ends with the API's error event. `/health` is 200 while at
 least one replica is ready, `/metrics` merges every replica's metrics under a `replica` label.
+
+No request waits on a replica without bound: a request that no replica accepts, or whose replica sends nothing,
+within `silence_limit(settings)` seconds (the request timeout, which the replica's engine enforces itself, plus
+`REPLICA_GRACE_S`) is answered 503 (or its stream ends with the error event), naming the replica as the problem.
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ logger = logging.getLogger(__name__)
 
 REPLICA_DIED = (RayActorError, WorkerCrashedError, ReplicaUnavailableError)
 PROBE_TIMEOUT_S = 30.0  # /health and /metrics of one replica
+REPLICA_GRACE_S = 30.0  # beyond the request timeout, how long a replica may stay silent before it is given up on
+NO_TIMEOUT_SILENCE_S = 3600.0  # the same bound when the request timeout is off (0)
 HOP_BY_HOP = {b"connection", b"transfer-encoding", b"keep-alive"}
 MAX_RESPONSE_OWNERS = 100_000  # Responses API ids remembered (their stored conversation lives on one replica)
 _RESPONSE_ID = re.compile(rb'"id"\s*:\s*"(resp_[A-Za-z0-9_-]+)"')
@@ -54,6 +60,7 @@ class Ingress:
         self.response_owner: OrderedDict[str, str] = OrderedDict()
         self.retries = 0
         self.failures = 0
+        self.silence_s = silence_limit(settings)
 
     async def __call__(self, request: Request) -> Response:
         path = request.url.path
@@ -118,15 +125,19 @@ class Ingress:
         for attempt in (1, 2):
             stream = self._send(request, key)
             try:
-                start = await _begun(stream)
+                start = await _begun(stream, self.silence_s)
                 first: list[bytes] = []
                 ended = False
                 try:  # hold the response until its first body chunk: a death before it can still be retried
-                    first.append(await stream.__anext__())
+                    first.append(await _next(stream, self.silence_s))
                 except StopAsyncIteration:
                     ended = True
+            except ReplicaSilentError as exc:  # not retried: a second wait as long would double the client's
+                self.failures += 1
+                logger.warning("%s %s: %s", request.method, request.path, exc)
+                return error_response(ReplicaFailedError(str(exc)), request.path)
             except REPLICA_DIED as exc:
-                stream.cancel()
+                close(stream)
                 if attempt == 1:
                     self.retries += 1
                     logger.warning("%s %s: replica died before answering (%s); retrying once", request.method,
@@ -135,7 +146,7 @@ class Ingress:
                 self.failures += 1
                 return error_response(ReplicaFailedError(), request.path)
             except Exception:  # a failure of the call itself, not of a replica's process
-                stream.cancel()
+                close(stream)
                 logger.exception("%s %s: forwarding failed", request.method, request.path)
                 return internal_error_response(request.path)
             break
@@ -159,7 +170,11 @@ class Ingress:
             if ended:
                 return
             try:
-                async for chunk in stream:
+                while True:
+                    try:
+                        chunk = await _next(stream, self.silence_s)
+                    except StopAsyncIteration:
+                        break
                     yield chunk
             except Exception as exc:  # the replica died (or the call failed) after the response began
                 self.failures += 1
@@ -167,7 +182,7 @@ class Ingress:
                 if (start.header("content-type") or "").startswith("text/event-stream"):
                     yield stream_error_event(request.path, ReplicaFailedError())
         finally:
-            stream.cancel()  # the client went away (or we are done): the replica sees a disconnect
+            close(stream)  # the client went away (or we are done): the replica sees a disconnect
 
     def _remember_response_owner(self, request: ForwardedRequest, start: ResponseStart, first: list[bytes]) -> None:
         replica = start.header(REPLICA_HEADER)
@@ -245,17 +260,73 @@ class Ingress:
         return "\n".join(lines) + "\n"
 
 
-async def _begun(stream: DeploymentResponseGenerator[Any]) -> Any:
-    """The first item of a replica's stream, its ResponseStart.
+def close(stream: DeploymentResponseGenerator[Any]) -> None:
+    """Cancel a call (best effort). Serve's `cancel` re-raises the error of a call whose assignment failed (the
+    replica died meanwhile): that error is already handled or reported where the call was awaited."""
+    try:
+        stream.cancel()
+    except Exception as exc:  # noqa: BLE001
+        logger.debug("cancelling a failed call: %s", type(exc).__name__)
+
+
+def _close_when_done(first: asyncio.Future[Any], stream: DeploymentResponseGenerator[Any]) -> None:
+    if not first.cancelled():
+        first.exception()  # retrieved: a late failure is not "never retrieved"
+    close(stream)
+
+
+class ReplicaSilentError(Exception):
+    """No replica accepted a request, or its replica sent nothing, within the ingress' bound."""
+
+
+def silence_limit(settings: Settings) -> float:
+    """Seconds the ingress waits for a replica to accept a request, or for the next item of its response."""
+    if settings.request_timeout <= 0:
+        return NO_TIMEOUT_SILENCE_S
+    return settings.request_timeout + REPLICA_GRACE_S
+
+
+async def _assigned(stream: DeploymentResponseGenerator[Any], timeout: float) -> None:
+    """Wait until Ray Serve's router has sent the call to a replica; past `timeout` the call is withdrawn.
+
+    Serve's handle offers no public wait for the assignment alone (its first item may come only when a whole
+    non-streamed answer is ready), hence its `_fetch_future_result_async`. Cancelling a call not yet assigned
+    only withdraws it from the router's queue.
+    """
+    assignment = asyncio.ensure_future(stream._fetch_future_result_async())
+    done, _ = await asyncio.wait({assignment}, timeout=timeout)
+    if not done:
+        assignment.cancel()
+        close(stream)
+        raise ReplicaSilentError(f"No replica accepted the request within {timeout:g} s; send it again")
+    assignment.result()  # a replica's death while assigning surfaces here
+
+
+async def _next(stream: DeploymentResponseGenerator[Any], timeout: float) -> Any:
+    """The next item of a begun stream; a replica silent for `timeout` seconds is given up on."""
+    try:
+        return await asyncio.wait_for(stream.__anext__(), timeout)
+    except TimeoutError:
+        raise ReplicaSilentError(f"The replica sent nothing for {timeout:g} s; send the request again") from None
+
+
+async def _begun(stream: DeploymentResponseGenerator[Any], timeout: float) -> Any:
+    """The first item of a replica's stream, its ResponseStart (bounded by `timeout` for the assignment, and as
+    much again for the start itself).
 
     Cancelling a Serve call that is assigned to a replica but has not begun was seen (Ray 2.60, loaded CPU) to
     leave that replica unreachable from this process for good. So a caller that goes away meanwhile (the client
-    hung up) does not cancel the call: it goes on, and its stream is closed once it has begun, which the replica
-    sees as a disconnect and aborts in its engine.
+    hung up), or gives up waiting, does not cancel the call: it goes on, and its stream is closed once it has
+    begun, which the replica sees as a disconnect and aborts in its engine.
     """
+    await _assigned(stream, timeout)
     first = asyncio.ensure_future(stream.__anext__())
     try:
-        return await asyncio.shield(first)
+        done, _ = await asyncio.wait({first}, timeout=timeout)  # (asyncio.wait never cancels what it waits on)
     except asyncio.CancelledError:
-        first.add_done_callback(lambda _: stream.cancel())
+        first.add_done_callback(lambda _: close(stream))
         raise
+    if not done:
+        first.add_done_callback(lambda t: _close_when_done(t, stream))
+        raise ReplicaSilentError(f"The replica did not begin its answer within {timeout:g} s; send the request again")
+    return first.result()

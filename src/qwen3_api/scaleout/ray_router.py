@@ -7,11 +7,14 @@ what this router itself has in flight per replica, counted from Serve's routed/c
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from ray.serve.request_router import PendingRequest, ReplicaID, RequestRouter, RunningReplica
 
 from qwen3_api.scaleout.routing import PrefixAwareRouter, RouteKey, register_active
+
+UNAVAILABLE_SKIP_S = 10.0  # a replica Ray reported unavailable is passed over this long
 
 # Ray Serve ships this module to the handle's process by value (cloudpickle): module-level state here would be a
 # copy. What the ingress reads lives in `routing` (imported by reference) instead.
@@ -37,15 +40,23 @@ class PrefixAwareRequestRouter(RequestRouter):
     ) -> RunningReplica | None:
         # Never leave a request waiting here when a ranked replica is live: waiting requests hold Serve's routing
         # tasks (a few per replica) and so stall every other request behind them. A full replica answers 503.
+        # A replica Ray reported unavailable (its actor unreachable, e.g. just killed) is passed over for a while:
+        # Serve re-routes such a call at once, and taking the same replica again would loop on it.
+        now = time.monotonic()
         for replica in candidates:
             live = self._replicas.get(replica.replica_id)
-            if live is not None:
+            if live is not None and self._unavailable_until.get(replica.replica_id, 0.0) <= now:
                 return live
         return None
+
+    def on_replica_actor_unavailable(self, replica_id: ReplicaID) -> None:
+        super().on_replica_actor_unavailable(replica_id)
+        self._unavailable_until[replica_id] = time.monotonic() + UNAVAILABLE_SKIP_S
 
     def initialize_state(self, **kwargs: Any) -> None:
         self.policy = PrefixAwareRouter(**kwargs)
         self._reasons: dict[str, Any] = {}
+        self._unavailable_until: dict[ReplicaID, float] = {}
         register_active(self.policy)
 
     def update_replicas(self, replicas: list[RunningReplica]) -> None:
