@@ -49,6 +49,10 @@ class RequestContextMiddleware:
                 response_started = True
                 record.status = message["status"]
                 MutableHeaders(scope=message)[REQUEST_ID_HEADER] = record.request_id
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                # The answer is complete: its slots are free before the client can read it and send the next one
+                # (released after the send, a client at the limit could be refused its very next request).
+                record.release()
             await send(message)
 
         try:
