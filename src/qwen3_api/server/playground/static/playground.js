@@ -26,6 +26,7 @@ const EXAMPLE_TOOLS = [{
       type: "object",
       properties: { city: { type: "string", maxLength: 40 }, unit: { type: "string", enum: ["celsius", "fahrenheit"] } },
       required: ["city"],
+      additionalProperties: false,
     },
   },
 }];
