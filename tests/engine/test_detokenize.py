@@ -181,7 +181,7 @@ def test_flush_releases_held_stop_prefix(tokenizer) -> None:
 def test_stop_at_the_very_start(tokenizer) -> None:
     detokenizer = IncrementalDetokenizer(tokenizer, [], stop=("Hello",))
     delta = detokenizer.add(tokenizer.encode("Hello world"))
-    assert delta == type(delta)("", "Hello")
+    assert delta == type(delta)("", "Hello", 1)  # the output keeps the one token that completed the stop string
     assert detokenizer.output_text == ""
 
 
@@ -217,3 +217,22 @@ def test_runs_of_skipped_special_tokens_keep_each_decode_small(tokenizer) -> Non
     assert "".join(deltas) == tokenizer.decode(token_ids, skip_special_tokens=True) == "Hi 你好 there 😀"
     # each step decodes a window of a few tokens, however long the run of special tokens before it
     assert max(spy.lengths) <= 12, max(spy.lengths)
+
+
+def test_several_tokens_at_once_stop_at_the_token_that_completes_the_stop_string(tokenizer) -> None:
+    """One step of speculative decoding adds several tokens: the output keeps those up to the one completing the
+    stop string, with the text that adding them one at a time gives."""
+    token_ids = tokenizer.encode("alpha beta STOP gamma delta")
+    one_by_one = IncrementalDetokenizer(tokenizer, [], stop=("STOP",))
+    texts, kept = [], 0
+    for token_id in token_ids:
+        delta = one_by_one.add([token_id])
+        texts.append(delta.text)
+        kept += 1
+        if delta.stop_string is not None:
+            break
+    assert kept < len(token_ids)  # the stop string ends the output before the last token
+    at_once = IncrementalDetokenizer(tokenizer, [], stop=("STOP",)).add(token_ids)
+    assert at_once.stop_string == "STOP"
+    assert at_once.num_tokens == kept
+    assert at_once.text == "".join(texts) == "alpha beta "

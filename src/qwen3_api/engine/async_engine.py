@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from qwen3_api.engine.core import EngineCore
-from qwen3_api.engine.detokenize import DetokenizedDelta, IncrementalDetokenizer
+from qwen3_api.engine.detokenize import IncrementalDetokenizer
 from qwen3_api.engine.final_output import FinalOutput, collect_final_output
 from qwen3_api.engine.outputs import CoreOutput, FinishReason, RequestOutput
 from qwen3_api.engine.sampling import SamplingParams
@@ -376,7 +376,11 @@ class AsyncEngine:
             self._deliver(state, EngineError(output.error))
             return
         state.cached_tokens = max(state.cached_tokens, output.num_cached_tokens)
-        delta = self._detokenize(state, output)
+        delta = state.detokenizer.add(output.new_token_ids)
+        if delta.stop_string is not None:  # the tokens after the one that completed it are not output
+            del output.new_token_ids[delta.num_tokens :]
+            if output.new_logprobs is not None:
+                del output.new_logprobs[delta.num_tokens :]
         state.completion_tokens += len(output.new_token_ids)
         if delta.stop_string is not None:
             self.core.abort_request(state.request_id)
@@ -386,24 +390,6 @@ class AsyncEngine:
             self._finish(state, output.finish_reason, text, output, stop_reason=output.stop_token_id)
         else:
             self._deliver(state, self._output(state, delta.text, output))
-
-    @staticmethod
-    def _detokenize(state: _RequestState, output: CoreOutput) -> DetokenizedDelta:
-        """The text of a step's new tokens. Several tokens in one step (speculative decoding) are added one at a
-        time, so that a stop string ends the output at the token that completes it, as it would one per step:
-        the tokens after it are dropped from `output` (and from the token count)."""
-        if len(output.new_token_ids) <= 1:
-            return state.detokenizer.add(output.new_token_ids)
-        texts = []
-        for i, token_id in enumerate(output.new_token_ids):
-            delta = state.detokenizer.add([token_id])
-            texts.append(delta.text)
-            if delta.stop_string is not None:
-                del output.new_token_ids[i + 1 :]
-                if output.new_logprobs is not None:
-                    del output.new_logprobs[i + 1 :]
-                return DetokenizedDelta("".join(texts), delta.stop_string)
-        return DetokenizedDelta("".join(texts))
 
     def _output(self, state: _RequestState, text: str, core: CoreOutput | None) -> RequestOutput:
         return RequestOutput(

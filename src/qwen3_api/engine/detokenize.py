@@ -29,6 +29,8 @@ class DetokenizedDelta:
 
     text: str
     stop_string: str | None = None
+    # How many of the added tokens the output keeps: all of them, unless a stop string ended it at an earlier one.
+    num_tokens: int = 0
 
 
 class IncrementalDetokenizer:
@@ -74,11 +76,18 @@ class IncrementalDetokenizer:
         return self._stop_string
 
     def add(self, token_ids: list[int]) -> DetokenizedDelta:
-        """Take newly generated tokens; return the text that is now safe to emit."""
+        """Take newly generated tokens; return the text that is now safe to emit. Several tokens at once (one step
+        of speculative decoding) are taken one at a time, so a stop string ends the output at the token that
+        completes it, as it would one token per step: `num_tokens` says how many of them the output keeps."""
         if self._stop_string is not None or self._flushed:
             return DetokenizedDelta("")
-        new_text = "".join(self._decode_next(token_id) for token_id in token_ids)
-        return self._emit(new_text, final=False)
+        texts = []
+        for i, token_id in enumerate(token_ids):
+            delta = self._emit(self._decode_next(token_id), final=False)
+            texts.append(delta.text)
+            if delta.stop_string is not None:
+                return DetokenizedDelta("".join(texts), delta.stop_string, i + 1)
+        return DetokenizedDelta("".join(texts), None, len(token_ids))
 
     def flush(self) -> str:
         """At the end of generation, release the text still held back (a partial character as U+FFFD)."""
