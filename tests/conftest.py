@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -70,14 +71,19 @@ def start_server(model: str, log_path: Path, *args: str, wait_healthy: bool = Tr
     return server
 
 
-def stop_server(server: ServerProcess) -> None:
-    if server.process.poll() is None:
-        server.process.terminate()
+def stop_process(process: subprocess.Popen[Any], timeout: float) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within `timeout` seconds."""
+    if process.poll() is None:
+        process.terminate()
         try:
-            server.process.wait(timeout=30)
+            process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            server.process.kill()
-            server.process.wait()
+            process.kill()
+            process.wait()
+
+
+def stop_server(server: ServerProcess) -> None:
+    stop_process(server.process, timeout=30)
 
 
 # The original-API tests run against each of these: our engine, with int8 weights, on llama.cpp (the same tiny

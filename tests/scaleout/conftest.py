@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import REPO_ROOT, TEST_SERVER_KV_GIB, ServerProcess, free_port, stop_server
+from tests.conftest import REPO_ROOT, TEST_SERVER_KV_GIB, ServerProcess, free_port, stop_process, stop_server
 
 ray = pytest.importorskip("ray", reason="Ray Serve is not installed (pip install 'qwen3-api[ray]')")
 
@@ -75,13 +75,7 @@ def start_ray_head(log_path: Path) -> RayHead:
 
 def stop_ray_head(head: RayHead) -> None:
     """`ray start --block` stops the processes it started when it is terminated."""
-    if head.process.poll() is None:
-        head.process.terminate()
-        try:
-            head.process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            head.process.kill()
-            head.process.wait()
+    stop_process(head.process, timeout=60)
 
 
 def replica_ids(server: ServerProcess) -> dict[str, float]:

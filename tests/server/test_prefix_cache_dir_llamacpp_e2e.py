@@ -5,29 +5,16 @@ within --prefix-cache-dir-mb."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
-import requests
 
 from tests.conftest import ServerProcess, start_server, stop_server
+from tests.server.prefix_cache_requests import cached, completion
 
 pytest.importorskip("llama_cpp")
 
 MODEL = "test:tiny:gguf=F32"
-SHARED = "You are a careful assistant. Follow the house rules. " * 12  # about 130 tokens of shared prefix
 BUDGET_MB = 0.5
-
-
-def completion(server: ServerProcess, tail: str) -> dict[str, Any]:
-    body = {"model": server.model, "prompt": SHARED + tail, "max_tokens": 4, "temperature": 0, "logprobs": 5}
-    response = requests.post(f"{server.url}/v1/completions", json=body, timeout=120)
-    assert response.status_code == 200, response.text
-    return response.json()  # type: ignore[no-any-return]
-
-
-def cached(result: dict[str, Any]) -> int:
-    return int(result["usage"]["prompt_tokens_details"]["cached_tokens"])
 
 
 def serve(directory: Path, log: Path, *args: str, model: str = MODEL) -> ServerProcess:

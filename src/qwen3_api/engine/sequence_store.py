@@ -22,6 +22,7 @@ from qwen3_api.engine.snapshot_dir import RejectedSnapshot, SnapshotDirectory
 
 logger = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class SequenceCacheFormat:
     """What must match for stored llama.cpp sequence states to be valid here."""
