@@ -14,14 +14,18 @@ within `silence_limit(settings)` seconds (the request timeout, which the replica
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import dataclasses
 import json
 import logging
 import re
+import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
 from ray.exceptions import RayActorError, WorkerCrashedError
+from ray.serve import context as serve_context
 from ray.serve.exceptions import ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 from starlette.requests import Request
@@ -115,10 +119,12 @@ class Ingress:
         return owner if router is not None and owner in router.replica_ids else None
 
     def _send(self, request: ForwardedRequest, key: RouteKey) -> DeploymentResponseGenerator[Any]:
-        """Call a replica's `handle_http`; Ray Serve's router picks the replica from `key`."""
+        """Call a replica's `handle_http`; Ray Serve's router picks the replica from `key`. Each call is its own
+        Serve request (`own_serve_request`)."""
+        call = own_serve_request()
         return cast(
             DeploymentResponseGenerator[Any],
-            self.replicas.handle_http.remote(request, route=key),
+            call.run(self.replicas.handle_http.remote, request, route=key),
         )
 
     async def _forward(self, request: ForwardedRequest, key: RouteKey) -> Response:
@@ -260,6 +266,23 @@ class Ingress:
         return "\n".join(lines) + "\n"
 
 
+def own_serve_request() -> contextvars.Context:
+    """A context in which a handle call gets an internal request id of its own.
+
+    A handle call made while serving a request inherits that request's internal id, and Ray Serve's request router
+    keys its pending requests by it: two calls of one ingress request in flight together (the `/health` and
+    `/metrics` probes of every replica, a retry while the first call is cleaned up) overwrite each other's entry,
+    one call is handed the replica chosen for the other and the other is never routed (seen: a probe waiting its
+    full timeout, and load counts that never drop, sending every request to one replica). The user-visible request
+    id (`request_id`, the X-Request-Id) is kept.
+    """
+    context = contextvars.copy_context()
+    current = serve_context._get_serve_request_context()
+    fresh = dataclasses.replace(current, _internal_request_id=uuid.uuid4().hex)
+    context.run(serve_context._serve_request_context.set, fresh)  # type: ignore[arg-type]  # typed by its default
+    return context
+
+
 def close(stream: DeploymentResponseGenerator[Any]) -> None:
     """Cancel a call (best effort). Serve's `cancel` re-raises the error of a call whose assignment failed (the
     replica died meanwhile): that error is already handled or reported where the call was awaited."""
@@ -314,10 +337,10 @@ async def _begun(stream: DeploymentResponseGenerator[Any], timeout: float) -> An
     """The first item of a replica's stream, its ResponseStart (bounded by `timeout` for the assignment, and as
     much again for the start itself).
 
-    Cancelling a Serve call that is assigned to a replica but has not begun was seen (Ray 2.60, loaded CPU) to
-    leave that replica unreachable from this process for good. So a caller that goes away meanwhile (the client
-    hung up), or gives up waiting, does not cancel the call: it goes on, and its stream is closed once it has
-    begun, which the replica sees as a disconnect and aborts in its engine.
+    A call that is assigned to a replica but has not begun is not cancelled (a cancel racing the replica's
+    acceptance is the least tested path of Serve's handle): when the caller goes away meanwhile (the client hung
+    up), or gives up waiting, the call goes on, and its stream is closed once it has begun, which the replica sees
+    as a disconnect and aborts in its engine.
     """
     await _assigned(stream, timeout)
     first = asyncio.ensure_future(stream.__anext__())

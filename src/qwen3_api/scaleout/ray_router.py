@@ -29,9 +29,9 @@ class PrefixAwareRequestRouter(RequestRouter):
     """Longest cached prefix first, unless overloaded; else least loaded (see `qwen3_api.scaleout.routing`)."""
 
     # Serve's default selection asks each ranked replica for its queue length (an actor call per request whose
-    # cached answer is older than 10 s) and skips it when the answer is late; on a loaded CPU such answers were
-    # seen to stay late for minutes while the replica sat idle. The policy already ranks by load, so the first
-    # ranked live replica is taken as it is.
+    # cached answer is older than 10 s) and skips it when the answer is late. The policy already ranks by load (its
+    # own in-flight counts), so the first ranked live replica is taken as it is, without that extra round trip; a
+    # replica that is full refuses the call itself (Serve's rejection protocol) and the call is routed again.
     queue_len_response_deadline_s = 10.0
     max_queue_len_response_deadline_s = 30.0
 
