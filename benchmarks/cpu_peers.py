@@ -98,7 +98,7 @@ def prepare_llama_server(args: argparse.Namespace, peers: Peers, run: Run) -> No
         print(f"llama-server unavailable: {peers.llama_server_error}", flush=True)
         return
     peers.binary, peers.llama_server_flags = binary, (*flags, *args.theirs_flag)
-    note = (f"weight repacking: ours {'on' if ours_repacks else 'off'} (llama.cpp build AMX: {build_has_amx()}); "
+    note = (f"weight repacking: ours {ours_repacks} (llama.cpp build AMX: {build_has_amx()}); "
             f"llama-server gets {' '.join(flags) or 'its default (repack on)'}")  # fmt: skip
     print(note, flush=True)
     run.notes.append(note)

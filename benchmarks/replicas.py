@@ -8,11 +8,14 @@ Same load, side by side in one run, on our torch engine:
    `--max-tokens` tokens (ignore_eos) to today's single process, then to `--replicas 2` on a local Ray cluster
    (one CPU per replica). Printed: aggregate generated tokens/s of each and the ratio. On a 2-core machine both
    setups share the same two cores, so expect ~1x there: replicas add throughput where they add hardware.
-2. Routing, tiny shape, 2 replicas: `--conversations` chats, each opened by its own ~1,500-character document,
-   run `--turns` turns concurrently (each turn resends the whole conversation, streamed); once with
-   `--routing prefix`, once with `--routing random`. Printed: TTFT p50 of the turns after the first and the prefix
-   hit rate (prompt tokens served from the replicas' KV prefix caches, from their merged /metrics). Targets:
-   prefix-aware hit rate >= 2x random's, TTFT p50 <= 0.5x random's.
+2. Routing, `--routing-shape` (0.6b: its prefill is what a cache hit saves), 2 replicas: `--conversations` chats,
+   each opened by its own ~1,500-character document, run `--turns` turns concurrently (each turn resends the whole
+   conversation, streamed); once with `--routing prefix`, once with `--routing random`. Each replica's KV cache
+   holds `--kv-headroom` (1.3) times its share of the conversations at their last turn: what a deployment sized for
+   its load has, and what random routing, which spreads every conversation over both replicas, overflows (as with
+   more replicas: on 2 replicas a random pick is still right half of the time). Printed: TTFT p50 of the turns
+   after the first and the prefix hit rate (prompt tokens served from the replicas' KV prefix caches, from their
+   merged /metrics). Targets: prefix-aware hit rate >= 2x random's, TTFT p50 <= 0.5x random's.
 Timings on 2 shared cores collapse when other work competes: say so when the machine was not idle.
 """
 
@@ -55,11 +58,13 @@ WORDS = [
 ]
 
 
-def start(model: Path, log_dir: Path, name: str, extra: list[str], replicas: int) -> ServerProcess:
+def start(
+    model: Path, log_dir: Path, name: str, extra: list[str], replicas: int, kv_gib: float = 0.25
+) -> ServerProcess:
     port = free_port()
     command = [sys.executable, "-m", "qwen3_api.cli", "serve", "--model", str(model), "--port", str(port),
                "--backend", "torch", "--quantize", "none", "--max-model-len", "4096", "--response-cache-mb", "0",
-               "--kv-cache-memory", "0.25", *extra]  # fmt: skip
+               "--kv-cache-memory", f"{kv_gib:.4f}", *extra]  # fmt: skip
     server = ServerProcess(name, command, port, ["/health"], log_dir / f"{name}.log")
     server.start()
     try:
@@ -121,13 +126,45 @@ async def throughput(url: str, model: str, requests: int, concurrency: int, max_
         return tokens / (time.perf_counter() - started)
 
 
+def kv_bytes_per_token(model: Path) -> int:
+    """KV bytes one token takes in our torch engine (keys and values of every layer, in the model's dtype)."""
+    config = json.loads((model / "config.json").read_text())
+    head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+    dtype_bytes = {"float32": 4, "bfloat16": 2, "float16": 2}[config.get("torch_dtype", "float32")]
+    return 2 * config["num_hidden_layers"] * config["num_key_value_heads"] * head_dim * dtype_bytes
+
+
+def conversation_tokens(model: Path, conversations: int, turns: int, max_tokens: int) -> int:
+    """Prompt tokens of the last turn of the longest conversation (its document, every question and answer)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    longest = 0
+    for index in range(conversations):
+        messages = [{"role": "user", "content": opening(index)}]
+        for turn in range(1, turns):
+            messages += [{"role": "assistant", "content": " ".join(["word"] * max_tokens)},
+                         {"role": "user", "content": follow_up(turn)}]  # fmt: skip
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        longest = max(longest, len(ids))
+    return longest + max_tokens
+
+
+def opening(index: int) -> str:
+    document = " ".join(random.Random(1000 + index).choices(WORDS, k=220))
+    return f"Document {index}: {document}\nSummarize it."
+
+
+def follow_up(turn: int) -> str:
+    return f"Now tell me more about point {turn}."
+
+
 async def chat_workload(url: str, model: str, conversations: int, turns: int, max_tokens: int) -> list[float]:
     """TTFTs of every turn after the first, all conversations running at once."""
     ttfts: list[float] = []
 
     async def conversation(http: httpx.AsyncClient, index: int) -> None:
-        document = " ".join(random.Random(1000 + index).choices(WORDS, k=220))
-        messages = [{"role": "user", "content": f"Document {index}: {document}\nSummarize it."}]
+        messages = [{"role": "user", "content": opening(index)}]
         for turn in range(turns):
             body = {"model": model, "messages": messages, "max_tokens": max_tokens, "ignore_eos": True,
                     "temperature": 0.7, "stream": True}  # fmt: skip
@@ -144,7 +181,7 @@ async def chat_workload(url: str, model: str, conversations: int, turns: int, ma
             if turn > 0 and first is not None:
                 ttfts.append(first - started)
             messages += [{"role": "assistant", "content": "".join(text)},
-                         {"role": "user", "content": f"Now tell me more about point {turn + 1}."}]  # fmt: skip
+                         {"role": "user", "content": follow_up(turn + 1)}]  # fmt: skip
 
     async with httpx.AsyncClient(base_url=url, timeout=1800) as http:
         await asyncio.gather(*(conversation(http, i) for i in range(conversations)))
@@ -160,6 +197,8 @@ def main() -> None:
     parser.add_argument("--conversations", type=int, default=8)
     parser.add_argument("--turns", type=int, default=4)
     parser.add_argument("--skip-throughput", action="store_true")
+    parser.add_argument("--routing-shape", default="0.6b")
+    parser.add_argument("--kv-headroom", type=float, default=1.3, help="KV per replica / its share of the chats")
     args = parser.parse_args()
     log_dir = Path(tempfile.mkdtemp(prefix="bench-replicas-"))
     print(f"logs: {log_dir}")
@@ -178,9 +217,14 @@ def main() -> None:
                   f"{rates['1 replica']:.1f} tok/s, 2 replicas {rates['2 replicas']:.1f} tok/s, "
                   f"ratio {rates['2 replicas'] / rates['1 replica']:.2f}x", flush=True)  # fmt: skip
     results = {}
-    model = cached_test_model("tiny")
+    model = cached_test_model(args.routing_shape)
+    tokens = conversation_tokens(model, args.conversations, args.turns, args.max_tokens)
+    share = -(-args.conversations // 2) * tokens  # tokens of the conversations one replica holds when partitioned
+    kv_gib = args.kv_headroom * share * kv_bytes_per_token(model) / 2**30
+    print(f"routing: {args.routing_shape}, {args.conversations} chats x {args.turns} turns, up to {tokens} tokens "
+          f"each; KV per replica {kv_gib:.3f} GiB = {args.kv_headroom:g} x its share ({share} tokens)", flush=True)
     for routing in ("prefix", "random"):
-        server = start(model, log_dir, f"routing-{routing}", ["--replicas", "2", "--routing", routing], 2)
+        server = start(model, log_dir, f"routing-{routing}", ["--replicas", "2", "--routing", routing], 2, kv_gib)
         try:
             queried0 = metric_sum(server.url, "qwen3_api_engine_prefix_queried_tokens_total")
             hit0 = metric_sum(server.url, "qwen3_api_engine_prefix_hit_tokens_total")

@@ -111,7 +111,7 @@ def build_engine(args: argparse.Namespace, max_num_seqs: int) -> Any:
     from qwen3_api.runtime import llamacpp_engine
 
     gguf = Path(cached_test_gguf(args.qtype, shape=args.shape))
-    tokenizer = Tokenizer.from_gguf_metadata(read_gguf_metadata(gguf))
+    tokenizer = Tokenizer.from_gguf(gguf, read_gguf_metadata(gguf))
     settings = Settings(model="unused", max_num_seqs=max_num_seqs, max_num_batched_tokens=512,
                         **parse_runner_options(args.setting))  # fmt: skip
     options = parse_runner_options(args.runner)
@@ -171,7 +171,7 @@ def profile_batch(engine: Any, tokenizer: Any, clock: PhaseClock, batch: int, wo
         prompt = [rng.randrange(0, 151000) for _ in range(args.prompt_tokens)]
         request_id = f"{workload}-{batch}-{i}"
         engine.add_request(request_id, prompt, sampling_params(workload, args.steps + 64, i))
-        detokenizers[request_id] = IncrementalDetokenizer(tokenizer.hf, prompt)
+        detokenizers[request_id] = IncrementalDetokenizer(tokenizer, prompt)
 
     def step() -> tuple[float, int]:
         start = time.perf_counter()

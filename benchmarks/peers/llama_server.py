@@ -79,14 +79,15 @@ def help_text(binary: Path) -> str:
     return done.stdout + done.stderr
 
 
-def repack_flags(ours_repacks: bool, help_output: str) -> list[str]:
-    """The flags that make llama-server repack weights exactly when our backend does, so both run the same kernels.
+def repack_flags(ours_mode: str, help_output: str) -> list[str]:
+    """The llama-server flags closest to our backend's weight layouts (`ours_mode`: resolved "on", "cpu", "off").
 
-    Ours turns llama.cpp's extra buffer types off on builds with AMX (`--llamacpp-weight-repack auto`: their AMX tile
-    kernels die with SIGILL on virtual machines that report AMX); llama-server built with GGML_NATIVE has the same
-    AMX buffer type, and `--no-repack` is its switch for the same list.
+    "on": both take llama.cpp's whole extra-buffer list. Otherwise `--no-repack`: ours turns that list off on builds
+    with AMX (their AMX tile kernels die with SIGILL on virtual machines that report AMX) and, in "cpu", names its
+    matrices for CPU_REPACK alone; llama-server's `--override-tensor` offers only the devices' own buffer types, so
+    without AMX's crash it can only run the plain layout there.
     """
-    if ours_repacks:
+    if ours_mode == "on":
         return []
     if NO_REPACK_FLAG not in help_output:
         raise RuntimeError(f"this llama-server has no {NO_REPACK_FLAG}: it cannot run the kernels ours runs")

@@ -96,7 +96,7 @@ def serve(
     llamacpp_kv_unified: Annotated[
         Optional[bool], typer.Option(help="one KV pool for all llama.cpp sequences [default on]")
     ] = None,
-    llamacpp_flash_attention: Annotated[Optional[str], typer.Option(help="auto|on|off")] = None,
+    llamacpp_flash_attention: Annotated[Optional[str], typer.Option(help="auto|on|cpu|off")] = None,
     llamacpp_threads: Annotated[Optional[int], typer.Option(help="llama.cpp decode threads")] = None,
     llamacpp_threads_batch: Annotated[Optional[int], typer.Option(help="llama.cpp prefill threads")] = None,
     llamacpp_ubatch: Annotated[Optional[int], typer.Option(help="llama.cpp physical batch (tokens)")] = None,

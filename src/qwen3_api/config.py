@@ -87,8 +87,10 @@ class Settings(BaseSettings):
     llamacpp_ubatch: int | None = Field(
         None, ge=1, description="llama.cpp physical batch in tokens; default the step budget"
     )
-    llamacpp_weight_repack: Literal["auto", "on", "off"] = Field(
-        "auto", description="llama.cpp CPU weight repacking (extra buffer types); auto: off where the build has AMX"
+    llamacpp_weight_repack: Literal["auto", "on", "cpu", "off"] = Field(
+        "auto",
+        description="llama.cpp CPU weight repacking: on (every extra layout), cpu (CPU_REPACK only, no AMX), off; "
+        "auto: cpu where the build has AMX, else on",
     )
     # Speculative decoding on llama.cpp (issue 10, item 6)
     speculative: Literal["off", "ngram"] = Field(

@@ -17,15 +17,17 @@ from peers.llama_server import (
 HELP_WITH_REPACK = "-nr,    --repack, --no-repack   whether to enable weight repacking (default: enabled)\n"
 
 
-def test_no_repack_exactly_when_ours_does_not_repack() -> None:
-    assert repack_flags(ours_repacks=False, help_output=HELP_WITH_REPACK) == ["--no-repack"]
-    assert repack_flags(ours_repacks=True, help_output=HELP_WITH_REPACK) == []
+def test_no_repack_unless_ours_takes_every_extra_layout() -> None:
+    assert repack_flags(ours_mode="off", help_output=HELP_WITH_REPACK) == ["--no-repack"]
+    # CPU_REPACK without AMX: llama-server cannot choose that buffer type, and its whole list would bring AMX
+    assert repack_flags(ours_mode="cpu", help_output=HELP_WITH_REPACK) == ["--no-repack"]
+    assert repack_flags(ours_mode="on", help_output=HELP_WITH_REPACK) == []
 
 
 def test_a_build_without_the_switch_is_refused_rather_than_run_on_other_kernels() -> None:
     with pytest.raises(RuntimeError, match="--no-repack"):
-        repack_flags(ours_repacks=False, help_output="-t, --threads N\n")
-    assert repack_flags(ours_repacks=True, help_output="-t, --threads N\n") == []  # nothing to switch off
+        repack_flags(ours_mode="cpu", help_output="-t, --threads N\n")
+    assert repack_flags(ours_mode="on", help_output="-t, --threads N\n") == []  # nothing to switch off
 
 
 @pytest.mark.parametrize(

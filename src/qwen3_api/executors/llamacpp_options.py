@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from qwen3_api.config import Settings
 
-WEIGHT_REPACK_MODES = ("auto", "on", "off")
+WEIGHT_REPACK_MODES = ("auto", "on", "cpu", "off")
 
 
 def build_has_amx() -> bool:
@@ -14,19 +14,19 @@ def build_has_amx() -> bool:
     return b"AMX_INT8 = 1" in (llama_cpp.llama_print_system_info() or b"")
 
 
-def resolve_weight_repack(mode: str) -> bool:
-    """Whether to let llama.cpp repack weights into its CPU "extra buffer" layouts (`use_extra_bufts`).
+def resolve_weight_repack(mode: str) -> str:
+    """Which repacked CPU weight layouts llama.cpp gets: "on" (its whole "extra buffer" list, `use_extra_bufts`),
+    "cpu" (CPU_REPACK alone, through per-tensor overrides: `llamacpp_repack`) or "off".
 
-    "auto" repacks unless the build has AMX: its AMX buffer type takes Q4_0/Q8_0 matrices first, and its tile
-    kernels (batches of 2+ tokens) die with SIGILL on virtual machines that report AMX (measured here: a
-    Firecracker guest of a Xeon with amx_int8). The AVX2/AVX-512 repacked layouts come in the same list, after
-    AMX, so turning the list off on such a machine gives up those too.
+    "auto" is "on" unless the build has AMX, then "cpu": the AMX buffer type comes first in the list and takes
+    Q4_0/Q8_0 matrices, and its tile kernels (batches of 2+ tokens) die with SIGILL on virtual machines that report
+    AMX (measured here: a Firecracker guest of a Xeon with amx_int8); CPU_REPACK's AVX2 layouts run there.
     """
     if mode not in WEIGHT_REPACK_MODES:
         raise ValueError(f"weight_repack must be one of {', '.join(WEIGHT_REPACK_MODES)}, got {mode!r}")
     if mode == "auto":
-        return not build_has_amx()
-    return mode == "on"
+        return "cpu" if build_has_amx() else "on"
+    return mode
 
 
 def flash_attention_for(settings: Settings) -> bool:

@@ -30,6 +30,7 @@ import torch
 from qwen3_api.engine.protocols import BatchEntry, SequenceStates
 from qwen3_api.errors import EngineError, ModelLoadError
 from qwen3_api.executors.llamacpp_options import resolve_weight_repack
+from qwen3_api.executors.llamacpp_repack import repack_overrides
 from qwen3_api.executors.llamacpp_state import read_retained, write_retained
 from qwen3_api.executors.slot_pool import SlotOp, SlotPool
 from qwen3_api.models.llama_vocab import init_llama_backend
@@ -113,7 +114,12 @@ class LlamaCppModelRunner:
 
         model_params = llama_cpp.llama_model_default_params()
         self.weight_repack = resolve_weight_repack(weight_repack)
-        model_params.use_extra_bufts = self.weight_repack
+        model_params.use_extra_bufts = self.weight_repack == "on"
+        # "cpu": the matrices CPU_REPACK takes, named one by one (kept alive while the model loads)
+        overrides = repack_overrides(llama_cpp, self.gguf_path) if self.weight_repack == "cpu" else None
+        self.repacked_tensors = overrides.count if overrides is not None else 0
+        if overrides is not None:
+            model_params.tensor_buft_overrides = overrides.pointer
         self._model = llama_cpp.llama_model_load_from_file(str(self.gguf_path).encode(), model_params)
         if not self._model:
             raise ModelLoadError(f"llama.cpp could not load {self.gguf_path} (see the log for its error)")
@@ -165,7 +171,8 @@ class LlamaCppModelRunner:
             "attention %s, weight repacking %s",
             self.gguf_path.name, self.vocab_size, max_num_seqs, "one shared" if kv_unified else "per-sequence",
             self.n_ctx if kv_unified else self.n_ctx_seq, kv_cache_type, n_batch, params.n_ubatch, self.n_threads,
-            self.n_threads_batch, "on" if self.flash_attention else "off", "on" if self.weight_repack else "off",
+            self.n_threads_batch, "on" if self.flash_attention else "off",
+            _repack_note(self.weight_repack, self.repacked_tensors),
         )  # fmt: skip
 
     # -- per-request state ---------------------------------------------------------------------------------
@@ -367,3 +374,9 @@ class LlamaCppModelRunner:
     def __del__(self) -> None:
         with contextlib.suppress(Exception):  # at interpreter shutdown the library may already be gone
             self.close()
+
+
+def _repack_note(mode: str, repacked: int) -> str:
+    if mode == "cpu":
+        return f"CPU_REPACK for {repacked} matrices (no AMX)" if repacked else "off (no matrix CPU_REPACK takes)"
+    return mode
