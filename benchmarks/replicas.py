@@ -145,8 +145,8 @@ def conversation_tokens(model: Path, conversations: int, turns: int, max_tokens:
         for turn in range(1, turns):
             messages += [{"role": "assistant", "content": " ".join(["word"] * max_tokens)},
                          {"role": "user", "content": follow_up(turn)}]  # fmt: skip
-        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-        longest = max(longest, len(ids))
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        longest = max(longest, len(tokenizer(text, add_special_tokens=False)["input_ids"]))
     return longest + max_tokens
 
 
