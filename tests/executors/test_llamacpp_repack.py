@@ -60,3 +60,13 @@ def test_repacked_matrices_are_as_close_to_float32_as_the_plain_layout() -> None
         quantization_error = float((theirs - reference).abs().max())
         assert float((ours - reference).abs().max()) <= 1.25 * quantization_error
         assert float((ours - theirs).abs().max()) <= 0.5 * quantization_error  # a kernel's rounding, not Q4_0's
+
+
+def test_the_tensor_directory_is_read_with_types_and_ggml_shapes() -> None:
+    from qwen3_api.models.gguf import read_gguf_tensor_infos
+
+    infos = {info.name: info for info in read_gguf_tensor_infos(gguf("Q8_0"))}
+    assert len(infos) == 2 + 4 * 11  # embedding, final norm, 11 tensors per block (tied: no output matrix)
+    assert (infos["token_embd.weight"].ggml_type, infos["token_embd.weight"].shape) == (8, (1024, 151936))  # Q8_0
+    assert (infos["output_norm.weight"].ggml_type, infos["output_norm.weight"].shape) == (0, (1024,))  # F32
+    assert infos["blk.3.ffn_down.weight"].shape == (3072, 1024)  # ne[0] = inputs, ne[1] = rows

@@ -21,11 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from qwen3_api.models.gguf import read_gguf_tensor_infos
+
 logger = logging.getLogger(__name__)
 
 REPACK_BUFFER_TYPE = "CPU_REPACK"
-# Types CPU_REPACK takes on x86 with AVX2, each when the matrix has a multiple of 8 rows (ggml's repack.cpp).
-X86_REPACK_TYPES = frozenset({"Q4_0", "Q4_K", "IQ4_NL"})
+# Types CPU_REPACK takes on x86 with AVX2, each when the matrix has a multiple of 8 rows (ggml's repack.cpp), by
+# ggml type id: Q4_0, Q4_K, IQ4_NL.
+X86_REPACK_TYPES = {2: "Q4_0", 12: "Q4_K", 20: "IQ4_NL"}
 ROWS_MULTIPLE = 8
 # Only matrices of the transformer blocks: every use of them is a matrix product, which CPU_REPACK computes (the
 # token embedding is also read by row lookups, which it cannot serve).
@@ -53,16 +56,13 @@ class TensorOverrides:
 
 def repackable_tensors(gguf_path: Path) -> list[str]:
     """Names of the block matrices of `gguf_path` that CPU_REPACK takes on an AVX2 CPU."""
-    import gguf
-
-    reader = gguf.GGUFReader(gguf_path)
     return [
         tensor.name
-        for tensor in reader.tensors
+        for tensor in read_gguf_tensor_infos(gguf_path)
         if _BLOCK_MATRIX.match(tensor.name)
-        and tensor.tensor_type.name in X86_REPACK_TYPES
+        and tensor.ggml_type in X86_REPACK_TYPES
         and len(tensor.shape) == 2
-        and int(tensor.shape[1]) % ROWS_MULTIPLE == 0
+        and tensor.shape[1] % ROWS_MULTIPLE == 0
     ]
 
 

@@ -10,6 +10,7 @@ import logging
 import mmap
 import re
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +95,38 @@ def read_gguf_metadata(path: Path) -> dict[str, Any]:
             key = cursor.string()
             metadata[key] = cursor.value(cursor.unpack("<I"))
         return metadata
+
+
+@dataclass(frozen=True)
+class GGUFTensorInfo:
+    """One tensor of a GGUF file: its name, ggml type id and shape (ggml order: ne[0] first)."""
+
+    name: str
+    ggml_type: int
+    shape: tuple[int, ...]
+
+
+def read_gguf_tensor_infos(path: Path) -> list[GGUFTensorInfo]:
+    """The tensor directory of a GGUF file (after its metadata); tensor data is not touched."""
+    with Path(path).open("rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as buffer:
+        if buffer[:4] != GGUF_MAGIC:
+            raise ModelLoadError(f"{path} is not a GGUF file")
+        cursor = _Cursor(buffer)
+        cursor.offset = 4
+        version, tensor_count, kv_count = cursor.unpack("<I"), cursor.unpack("<Q"), cursor.unpack("<Q")
+        if version < 2:
+            raise ModelLoadError(f"{path}: GGUF version {version} is too old")
+        for _ in range(kv_count):
+            cursor.string()
+            cursor.value(cursor.unpack("<I"))
+        infos = []
+        for _ in range(tensor_count):
+            name = cursor.string()
+            shape = tuple(cursor.unpack("<Q") for _ in range(cursor.unpack("<I")))
+            ggml_type = cursor.unpack("<I")
+            cursor.unpack("<Q")  # data offset
+            infos.append(GGUFTensorInfo(name, ggml_type, shape))
+        return infos
 
 
 # --- resolving names ------------------------------------------------------------------------------------------
