@@ -84,7 +84,11 @@ class PrefixAwareRequestRouter(RequestRouter):
         except ValueError:  # no replica known to the policy yet
             return [list(by_id.values())]
         if pending_request is not None:
-            self._reasons[pending_request.metadata.internal_request_id] = decision.reason
+            request_id = pending_request.metadata.internal_request_id
+            self._reasons[request_id] = decision.reason
+            # reserved now: requests ranked before this one is accepted see it in the load
+            self.policy.on_routed(decision.ranking[0], route_key_of(pending_request), request_id, decision.reason,
+                                  count_decision=False)  # fmt: skip
         return [[by_id[name]] for name in decision.ranking]
 
     def on_request_routed(self, pending_request: PendingRequest, replica_id: ReplicaID, result: Any) -> None:

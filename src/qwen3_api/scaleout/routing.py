@@ -129,15 +129,22 @@ class PrefixAwareRouter:
                 return Decision(tuple(by_load), matches[by_load[0]], "overloaded")
             return Decision((chosen, *[n for n in by_load if n != chosen]), best, "prefix")
 
-    def on_routed(self, replica_id: str, key: RouteKey, request_id: str, reason: Reason) -> None:
-        """A request was sent to `replica_id`: count it in its load and remember its blocks there."""
+    def on_routed(
+        self, replica_id: str, key: RouteKey, request_id: str, reason: Reason, count_decision: bool = True
+    ) -> None:
+        """A request was sent to `replica_id` (or is about to be: the router reserves its place when it ranks, so
+        that requests arriving together see each other's load): count it in its load, once per request (a second
+        call moves it), and remember its blocks there."""
         with self._lock:
             replica = self._replicas.get(replica_id)
             if replica is None:
                 return
+            previous = self._replicas.get(self._request_replica.get(request_id, ""))
+            if previous is not None and previous.in_flight > 0:
+                previous.in_flight -= 1
             replica.in_flight += 1
             self._request_replica[request_id] = replica_id
-            if reason != "pinned":  # probes and stored-response lookups are not routing decisions
+            if count_decision and reason != "pinned":  # probes and stored-response lookups are not routing decisions
                 self.decisions[(replica_id, reason)] = self.decisions.get((replica_id, reason), 0) + 1
             for block_hash in key.block_hashes:
                 replica.blocks[block_hash] = None
