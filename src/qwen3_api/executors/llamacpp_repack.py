@@ -112,8 +112,8 @@ def repack_overrides(llama_cpp: Any, gguf_path: Path) -> TensorOverrides | None:
     if not cpu_has_avx2(llama_cpp):
         return None
     buffer_type = cpu_extra_buffer_types(llama_cpp).get(REPACK_BUFFER_TYPE)
-    names = repackable_tensors(gguf_path) if buffer_type else []
-    if not names or buffer_type is None:
+    names = repackable_tensors(gguf_path) if buffer_type is not None else []
+    if not names:
         return None
     array = (_Override * (len(names) + 1))()
     for entry, name in zip(array, names, strict=False):

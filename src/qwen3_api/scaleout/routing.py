@@ -139,13 +139,16 @@ class PrefixAwareRouter:
             replica = self._replicas.get(replica_id)
             if replica is None:
                 return
-            previous = self._replicas.get(self._request_replica.get(request_id, ""))
+            if count_decision and reason != "pinned":  # probes and stored-response lookups are not routing decisions
+                self.decisions[(replica_id, reason)] = self.decisions.get((replica_id, reason), 0) + 1
+            previous_id = self._request_replica.get(request_id)
+            if previous_id == replica_id:  # reserved there already: counted, blocks remembered
+                return
+            previous = self._replicas.get(previous_id or "")
             if previous is not None and previous.in_flight > 0:
                 previous.in_flight -= 1
             replica.in_flight += 1
             self._request_replica[request_id] = replica_id
-            if count_decision and reason != "pinned":  # probes and stored-response lookups are not routing decisions
-                self.decisions[(replica_id, reason)] = self.decisions.get((replica_id, reason), 0) + 1
             for block_hash in key.block_hashes:
                 replica.blocks[block_hash] = None
                 replica.blocks.move_to_end(block_hash)
