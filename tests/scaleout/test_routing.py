@@ -145,3 +145,16 @@ def test_block_hashes_chain_and_include_the_partial_block() -> None:
     assert block_hashes(text[: 2 * ROUTING_BLOCK_CHARS]) == hashes[:2]
     assert block_hashes("a" + text[1:])[1] != hashes[1]  # a block's hash names everything before it
     assert block_hashes("") == ()
+
+
+def test_a_completion_that_arrives_before_its_routed_callback_leaves_no_load() -> None:
+    # Ray Serve reserves at ranking time, then may run a fast call's completion callback before its routed one
+    # (seen with the start-up health probes): the late routed callback must not count the call again.
+    router = PrefixAwareRouter()
+    router.set_replicas(["a", "b"])
+    router.on_routed("a", RouteKey(), "probe", "pinned", count_decision=False)  # reserved while ranking
+    router.on_completed("probe")
+    router.on_routed("a", RouteKey(), "probe", "pinned")  # the routed callback, late
+    assert router.load("a") == 0
+    # The next requests then spread over both replicas instead of avoiding "a".
+    assert {route(router, f"distinct prompt number {i} " * 8, f"r{i}") for i in range(2)} == {"a", "b"}

@@ -21,6 +21,9 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 BlockHash = bytes
+# Request ids whose completion came in, kept to recognise a routed callback arriving after it (Ray Serve can run a
+# fast call's completion callback before its routed one: counting it then would leave it in the load for good).
+MAX_COMPLETED_IDS = 4096
 Reason = Literal["prefix", "least_loaded", "overloaded", "random", "pinned"]
 
 
@@ -74,6 +77,7 @@ class PrefixAwareRouter:
         self._rng = rng or random.Random()
         self._replicas: dict[str, _Replica] = {}
         self._request_replica: dict[str, str] = {}
+        self._completed: OrderedDict[str, None] = OrderedDict()
         self._lock = threading.Lock()
         self.decisions: dict[tuple[str, Reason], int] = {}
 
@@ -144,11 +148,13 @@ class PrefixAwareRouter:
             previous_id = self._request_replica.get(request_id)
             if previous_id == replica_id:  # reserved there already: counted, blocks remembered
                 return
+            finished = request_id in self._completed  # its completion came first: not in flight any more
             previous = self._replicas.get(previous_id or "")
             if previous is not None and previous.in_flight > 0:
                 previous.in_flight -= 1
-            replica.in_flight += 1
-            self._request_replica[request_id] = replica_id
+            if not finished:
+                replica.in_flight += 1
+                self._request_replica[request_id] = replica_id
             for block_hash in key.block_hashes:
                 replica.blocks[block_hash] = None
                 replica.blocks.move_to_end(block_hash)
@@ -158,6 +164,9 @@ class PrefixAwareRouter:
     def on_completed(self, request_id: str) -> None:
         """A request routed earlier has finished (answered, failed or cancelled)."""
         with self._lock:
+            self._completed[request_id] = None
+            while len(self._completed) > MAX_COMPLETED_IDS:
+                self._completed.popitem(last=False)
             replica_id = self._request_replica.pop(request_id, None)
             replica = self._replicas.get(replica_id) if replica_id else None
             if replica is not None and replica.in_flight > 0:
