@@ -2,7 +2,7 @@
 
 One background thread owns the engine core and steps it while any request is unfinished. Requests cross into that
 thread as commands; outputs cross back through `loop.call_soon_threadsafe` into per-request asyncio queues.
-Detokenization and stop strings are handled here, once, for every backend.
+Detokenization and stop strings are handled once, for every backend, by each request's state (`request_state`).
 
 The loop thread also enforces each request's deadline (`request_timeout`), checked before every step, so a request
 past it is aborted inside the engine even when nothing on the HTTP side is awake. A failure while processing one
@@ -27,6 +27,7 @@ from qwen3_api.engine.core import EngineCore
 from qwen3_api.engine.detokenize import IncrementalDetokenizer
 from qwen3_api.engine.final_output import FinalOutput, collect_final_output
 from qwen3_api.engine.outputs import CoreOutput, FinishReason, RequestOutput
+from qwen3_api.engine.request_state import Item, RequestState
 from qwen3_api.engine.sampling import SamplingParams
 from qwen3_api.engine.tokenizer import Tokenizer
 from qwen3_api.errors import (
@@ -45,28 +46,11 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-_Item = RequestOutput | BaseException
-
-
-@dataclass
-class _RequestState:
-    """Per-request bookkeeping, owned by the loop thread after submission."""
-
-    request_id: str
-    params: SamplingParams
-    detokenizer: IncrementalDetokenizer
-    queue: asyncio.Queue[_Item]
-    num_prompt_tokens: int
-    completion_tokens: int = 0
-    cached_tokens: int = 0
-    deadline: float | None = None  # time.monotonic() past which the loop thread aborts it
-
-
 @dataclass
 class _Command:
     kind: str  # "add", "abort" or "abort_all"
     request_id: str
-    state: _RequestState | None = None
+    state: RequestState | None = None
     prompt_token_ids: list[int] = field(default_factory=list)
     prefix_group: str | None = None
     error: BaseException | None = None  # what "abort_all" answers the requests it ends
@@ -102,7 +86,7 @@ class AsyncEngine:
         self._on_death: Callable[[str], None] | None = None
         self._wakeup = threading.Event()
         self._stopped = threading.Event()
-        self._states: dict[str, _RequestState] = {}  # loop thread only
+        self._states: dict[str, RequestState] = {}  # loop thread only
         self._num_live = 0  # event-loop side count of unfinished requests
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -190,7 +174,7 @@ class AsyncEngine:
                 f"the server is at its limit of {self.max_queued_requests} unfinished requests; retry later"
             )
         request_id = request_id or uuid.uuid4().hex
-        state = _RequestState(
+        state = RequestState(
             request_id=request_id,
             params=params,
             detokenizer=IncrementalDetokenizer(
@@ -274,7 +258,7 @@ class AsyncEngine:
             self._commands.append(command)
         self._wakeup.set()
 
-    def _deliver(self, state: _RequestState, item: _Item) -> None:
+    def _deliver(self, state: RequestState, item: Item) -> None:
         if self._loop is not None:  # always set by start() before any request is accepted
             self._loop.call_soon_threadsafe(state.queue.put_nowait, item)
 
@@ -360,7 +344,8 @@ class AsyncEngine:
                     self._deliver(command.state, exc)
             elif command.kind == "abort" and command.request_id in self._states:
                 self.core.abort_request(command.request_id)
-                self._finish(self._states[command.request_id], FinishReason.ABORT, text="")
+                state = self._states.pop(command.request_id)
+                self._deliver(state, state.final(FinishReason.ABORT, text=""))
             elif command.kind == "abort_all" and command.error is not None:
                 for request_id, state in list(self._states.items()):
                     self.core.abort_request(request_id)
@@ -375,48 +360,12 @@ class AsyncEngine:
             self._states.pop(state.request_id, None)
             self._deliver(state, EngineError(output.error))
             return
-        state.cached_tokens = max(state.cached_tokens, output.num_cached_tokens)
-        delta = state.detokenizer.add(output.new_token_ids)
-        if delta.stop_string is not None:  # the tokens after the one that completed it are not output
-            del output.new_token_ids[delta.num_tokens :]
-            if output.new_logprobs is not None:
-                del output.new_logprobs[delta.num_tokens :]
-        state.completion_tokens += len(output.new_token_ids)
-        if delta.stop_string is not None:
+        update, stopped = state.advance(output)
+        if stopped:
             self.core.abort_request(state.request_id)
-            self._finish(state, FinishReason.STOP, delta.text, output, stop_reason=delta.stop_string)
-        elif output.finish_reason is not None:
-            text = delta.text + state.detokenizer.flush()
-            self._finish(state, output.finish_reason, text, output, stop_reason=output.stop_token_id)
-        else:
-            self._deliver(state, self._output(state, delta.text, output))
-
-    def _output(self, state: _RequestState, text: str, core: CoreOutput | None) -> RequestOutput:
-        return RequestOutput(
-            request_id=state.request_id,
-            new_text=text,
-            new_token_ids=list(core.new_token_ids) if core else [],
-            prompt_tokens=state.num_prompt_tokens,
-            completion_tokens=state.completion_tokens,
-            cached_tokens=state.cached_tokens,
-            logprobs=core.new_logprobs if core else None,
-            queue_time=core.queue_time if core else None,
-        )
-
-    def _finish(
-        self,
-        state: _RequestState,
-        reason: FinishReason,
-        text: str,
-        core: CoreOutput | None = None,
-        stop_reason: str | int | None = None,
-    ) -> None:
-        self._states.pop(state.request_id, None)
-        output = self._output(state, text, core)
-        output.finished = True
-        output.finish_reason = reason
-        output.stop_reason = stop_reason
-        self._deliver(state, output)
+        if update.finished:
+            self._states.pop(state.request_id, None)
+        self._deliver(state, update)
 
     def _fail_all(self, exc: Exception) -> None:
         for request_id, state in list(self._states.items()):
