@@ -96,11 +96,14 @@ def serve(
     llamacpp_kv_unified: Annotated[
         Optional[bool], typer.Option(help="one KV pool for all llama.cpp sequences [default on]")
     ] = None,
-    llamacpp_flash_attention: Annotated[Optional[str], typer.Option(help="auto|on|cpu|off")] = None,
+    llamacpp_retained_sequences: Annotated[
+        Optional[int], typer.Option(help="finished conversations kept in the llama.cpp pool [3 x max-num-seqs]")
+    ] = None,
+    llamacpp_flash_attention: Annotated[Optional[str], typer.Option(help="auto|on|off")] = None,
     llamacpp_threads: Annotated[Optional[int], typer.Option(help="llama.cpp decode threads")] = None,
     llamacpp_threads_batch: Annotated[Optional[int], typer.Option(help="llama.cpp prefill threads")] = None,
     llamacpp_ubatch: Annotated[Optional[int], typer.Option(help="llama.cpp physical batch (tokens)")] = None,
-    llamacpp_weight_repack: Annotated[Optional[str], typer.Option(help="auto|on|off")] = None,
+    llamacpp_weight_repack: Annotated[Optional[str], typer.Option(help="auto|on|cpu|off")] = None,
     speculative: Annotated[Optional[str], typer.Option(help="off|ngram (prompt-lookup drafts, llamacpp)")] = None,
     num_speculative_tokens: Annotated[Optional[int], typer.Option(help="drafts per sequence per step [5]")] = None,
     ngram_min: Annotated[Optional[int], typer.Option(help="shortest n-gram looked up for drafts [2]")] = None,
@@ -156,7 +159,8 @@ def serve(
         request_timeout=request_timeout, shutdown_timeout=shutdown_timeout,
         responses_store_size=responses_store_size,
         kv_cache_dtype=kv_cache_dtype, llamacpp_kv_memory_share=llamacpp_kv_memory_share,
-        llamacpp_kv_unified=llamacpp_kv_unified, llamacpp_flash_attention=llamacpp_flash_attention,
+        llamacpp_kv_unified=llamacpp_kv_unified, llamacpp_retained_sequences=llamacpp_retained_sequences,
+        llamacpp_flash_attention=llamacpp_flash_attention,
         llamacpp_threads=llamacpp_threads, llamacpp_threads_batch=llamacpp_threads_batch,
         llamacpp_ubatch=llamacpp_ubatch, llamacpp_weight_repack=llamacpp_weight_repack,
         speculative=speculative, num_speculative_tokens=num_speculative_tokens, ngram_min=ngram_min,

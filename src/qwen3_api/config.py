@@ -76,6 +76,11 @@ class Settings(BaseSettings):
         True, description="one KV pool for all llama.cpp sequences (a long request uses what idle ones do not); "
         "off: each sequence owns an equal share",
     )  # fmt: skip
+    llamacpp_retained_sequences: int | None = Field(
+        None, ge=0, le=255, description="finished conversations whose KV stays in the shared llama.cpp pool for "
+        "prefix reuse beside the running ones (the pool's cells bound what they hold, least recently used dropped "
+        "first); default 3 x --max-num-seqs, at least 16, with the shared pool; 0 with per-sequence KV",
+    )  # fmt: skip
     llamacpp_flash_attention: Literal["auto", "on", "off"] = Field(
         "auto", description="llama.cpp flash attention; auto: on with the shared KV pool, off with per-sequence KV "
         "(where it would make a sequence's logits depend on its batch-mates)",
@@ -102,6 +107,15 @@ class Settings(BaseSettings):
     speculative_max_batch: int = Field(
         2, ge=1, description="speculate only while at most this many sequences decode in a step (off beyond)"
     )
+
+    @model_validator(mode="after")
+    def _retained_needs_pool(self) -> Settings:
+        if self.llamacpp_retained_sequences and not self.llamacpp_kv_unified:
+            raise ValueError(
+                "llamacpp_retained_sequences needs the shared KV pool (llamacpp_kv_unified): with per-sequence KV "
+                "every extra sequence would take its share of the cells from the running ones"
+            )
+        return self
 
     @model_validator(mode="after")
     def _ngram_range(self) -> Settings:

@@ -95,7 +95,7 @@ def run(engine: LLMEngine, requests: dict[str, tuple[list[int], SamplingParams]]
                 finished.add(out.request_id)
     assert finished == set(requests)
     runner = engine.runner
-    assert isinstance(runner, LlamaCppModelRunner) and runner.num_free_slots == runner.max_num_seqs
+    assert isinstance(runner, LlamaCppModelRunner) and runner.num_free_slots == runner.num_slots
     return tokens
 
 
@@ -406,8 +406,9 @@ def test_copy_and_takeover_of_one_retained_sequence_in_one_batch(model_name: str
 POOL_CELLS = 2048  # per-sequence KV would give each of 4 sequences 512 cells
 
 
-def shared_pool_engine(name: str) -> LLMEngine:
-    settings = Settings(model="unused", max_num_seqs=4, max_num_batched_tokens=512, llamacpp_kv_unified=True)
+def shared_pool_engine(name: str, **overrides: object) -> LLMEngine:
+    settings = Settings(model="unused", **{"max_num_seqs": 4, "max_num_batched_tokens": 512,  # type: ignore[arg-type]
+                                           "llamacpp_kv_unified": True, **overrides})  # fmt: skip
     return build_llamacpp_engine(settings, gguf_of(name, "Q8_0"), tokenizer_of(name), POOL_CELLS, kv_cells=POOL_CELLS)
 
 
@@ -426,3 +427,28 @@ def test_shared_pool_serves_a_long_request_beside_another_and_evicts_retained_pr
     assert len(again["long2"]) == 8 and again["short2"] == first["short"][:8]
     # What holds in the shared pool: the same requests give the same tokens (a fresh engine, same batch).
     assert run(shared_pool_engine("tiny"), {"long": (long_prompts[0], greedy(16)), "short": (short, greedy(16))}) == first
+
+
+@pytest.mark.parametrize("retained", [None, 0])
+def test_shared_pool_keeps_more_conversations_than_it_runs(retained: int | None) -> None:
+    """Six conversations, two running at a time: by default each one's second turn finds its first turn's cells
+    (16 sequence ids are kept for finished requests); with none kept beside the running two, only the two most
+    recent conversations still have theirs."""
+    rng = random.Random(42)
+    first_turns = [[rng.randrange(0, 151000) for _ in range(120)] for _ in range(6)]
+    engine = shared_pool_engine("tiny", max_num_seqs=2, llamacpp_retained_sequences=retained)
+    runner = engine.runner
+    assert isinstance(runner, LlamaCppModelRunner) and runner.num_slots == (2 + 16 if retained is None else 2)
+    answers = {}
+    for i, prompt in enumerate(first_turns):
+        answers[i] = run(engine, {f"c{i}-1": (prompt, greedy(8))})[f"c{i}-1"]
+    hits = {}
+    for i in reversed(range(len(first_turns))):  # the most recent conversation first
+        second = first_turns[i] + answers[i] + [7, 8, 9]
+        tokens, cached = run_with_cache_counts(engine, {f"c{i}-2": (second, greedy(4))})
+        assert len(tokens[f"c{i}-2"]) == 4
+        hits[i] = cached[f"c{i}-2"]
+    if retained is None:
+        assert all(hits[i] >= len(first_turns[i]) for i in hits), hits
+    else:
+        assert [i for i in hits if hits[i] >= len(first_turns[i])] == [5, 4], hits

@@ -5,6 +5,8 @@ from __future__ import annotations
 from qwen3_api.config import Settings
 
 WEIGHT_REPACK_MODES = ("auto", "on", "cpu", "off")
+# llama.cpp's limit on sequence ids in one context (LLAMA_MAX_SEQ).
+MAX_SEQUENCES = 256
 
 
 def build_has_amx() -> bool:
@@ -36,3 +38,20 @@ def flash_attention_for(settings: Settings) -> bool:
     if settings.llamacpp_flash_attention == "auto":
         return settings.llamacpp_kv_unified
     return settings.llamacpp_flash_attention == "on"
+
+
+def retained_sequences_for(settings: Settings, max_num_seqs: int) -> int:
+    """How many llama.cpp sequence ids beyond the running ones hold finished conversations for prefix reuse.
+
+    With the shared pool an idle sequence id costs no compute (llama.cpp's attention masks cells by sequence) and
+    one logits row of memory (0.6 MB for Qwen3's vocabulary), and the pool's cells, not the ids, bound what is
+    kept: the runner drops
+    the least recently finished ones when live tokens need their cells. So by default a chat server keeps
+    3 x `max_num_seqs` (at least 16) conversations, not just as many as it decodes at once. Per-sequence KV
+    gives every id an equal share of the cells, so there it is 0."""
+    if not settings.llamacpp_kv_unified:
+        return 0
+    wanted = settings.llamacpp_retained_sequences
+    if wanted is None:
+        wanted = max(16, 3 * max_num_seqs)
+    return max(0, min(wanted, MAX_SEQUENCES - max_num_seqs))

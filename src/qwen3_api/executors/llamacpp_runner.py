@@ -76,6 +76,7 @@ class LlamaCppModelRunner:
         weight_repack: str = "auto",
         kv_unified: bool = False,
         kv_cells: int | None = None,
+        retained_sequences: int = 0,
         max_draft_tokens: int = 0,
     ) -> None:
         """`kv_cache_type` "f32" makes logits of an F32 GGUF match a float32 reference to ~1e-5 instead of ~1e-3
@@ -88,6 +89,8 @@ class LlamaCppModelRunner:
         `kv_unified` puts all sequences' cells in one pool of `kv_cells` (default max_num_seqs * max_model_len), so
         one long request can use what idle sequences do not; the caller must then keep the live tokens within
         the pool (the engine's block accounting does), and retained prefixes are dropped when cells run short.
+        `retained_sequences` (shared pool only) adds sequence ids beyond `max_num_seqs` for finished requests'
+        cells, so more conversations than run at once keep their prefixes.
         "q8_0" cells need flash attention (llama.cpp refuses quantized V cells without), so it is turned on.
         `n_threads_batch` (prefill; default `n_threads`) and `n_ubatch` (physical batch; default `n_batch`) are
         llama.cpp's own knobs. `max_draft_tokens` (speculative decoding) is the most draft tokens an entry
@@ -99,6 +102,8 @@ class LlamaCppModelRunner:
         for name, value in (("max_num_seqs", max_num_seqs), ("max_model_len", max_model_len), ("n_batch", n_batch)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if retained_sequences < 0 or (retained_sequences and not kv_unified):
+            raise ValueError(f"retained_sequences ({retained_sequences}) must be >= 0, and 0 without kv_unified")
         self._lib = llama_cpp
         self.gguf_path = Path(gguf_path)
         if not self.gguf_path.is_file():
@@ -128,7 +133,8 @@ class LlamaCppModelRunner:
 
         params = llama_cpp.llama_context_default_params()
         # kv_unified=False gives each sequence n_ctx / n_seq_max cells of its own; True one pool for all.
-        params.n_seq_max = max_num_seqs
+        num_slots = max_num_seqs + retained_sequences
+        params.n_seq_max = num_slots
         params.kv_unified = kv_unified
         if kv_unified:
             cells = kv_cells if kv_cells is not None else max_num_seqs * max_model_len
@@ -139,8 +145,9 @@ class LlamaCppModelRunner:
         # The compute buffer scales with the physical batch; the scheduler's step budget is the natural size.
         params.n_ubatch = min(n_ubatch or n_batch, n_batch)
         # Without this cap, llama.cpp reserves logits for every batch position (n_batch x vocab floats, ~300 MB at
-        # 512 x 151,936). A step asks for at most one row per running sequence, plus one per draft token.
-        params.n_outputs_max = min(max_num_seqs * (1 + max_draft_tokens), n_batch)
+        # 512 x 151,936). A step asks for at most one row per running sequence, plus one per draft token; llama.cpp
+        # itself reserves one row per sequence id (0.6 MB each for Qwen3's vocabulary).
+        params.n_outputs_max = max(min(max_num_seqs * (1 + max_draft_tokens), n_batch), num_slots)
         params.n_threads = self.n_threads
         params.n_threads_batch = self.n_threads_batch
         params.no_perf = True
@@ -163,14 +170,15 @@ class LlamaCppModelRunner:
         self._memory = llama_cpp.llama_get_memory(self._ctx)
         self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
         self._pool = SlotPool(
-            max_num_seqs, reuse_prefixes=reuse_prefixes, min_reuse_tokens=min_reuse_tokens,
+            num_slots, reuse_prefixes=reuse_prefixes, min_reuse_tokens=min_reuse_tokens,
             min_copy_tokens=min_copy_tokens,
         )  # fmt: skip
         logger.info(
-            "llama.cpp: %s, vocab %d, %d sequences, %s KV of %d %s cells, batch %d/%d, %d/%d threads, flash "
-            "attention %s, weight repacking %s",
-            self.gguf_path.name, self.vocab_size, max_num_seqs, "one shared" if kv_unified else "per-sequence",
-            self.n_ctx if kv_unified else self.n_ctx_seq, kv_cache_type, n_batch, params.n_ubatch, self.n_threads,
+            "llama.cpp: %s, vocab %d, %d sequences (+%d for finished ones' prefixes), %s KV of %d %s cells, batch "
+            "%d/%d, %d/%d threads, flash attention %s, weight repacking %s",
+            self.gguf_path.name, self.vocab_size, max_num_seqs, retained_sequences,
+            "one shared" if kv_unified else "per-sequence", self.n_ctx if kv_unified else self.n_ctx_seq,
+            kv_cache_type, n_batch, params.n_ubatch, self.n_threads,
             self.n_threads_batch, "on" if self.flash_attention else "off",
             _repack_note(self.weight_repack, self.repacked_tensors),
         )  # fmt: skip
@@ -181,6 +189,11 @@ class LlamaCppModelRunner:
     def num_free_slots(self) -> int:
         """Sequence ids a new request can take (retained ones included: their cache is dropped then)."""
         return self._pool.num_free
+
+    @property
+    def num_slots(self) -> int:
+        """Sequence ids in all: `max_num_seqs` running ones plus those kept for finished requests' prefixes."""
+        return self._pool.num_slots
 
     @property
     def num_retained_slots(self) -> int:

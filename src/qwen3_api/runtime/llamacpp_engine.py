@@ -13,7 +13,7 @@ from qwen3_api.engine.llm_engine import LLMEngine
 from qwen3_api.engine.sequence import Sequence
 from qwen3_api.engine.speculative import Speculator, speculative_config
 from qwen3_api.engine.tokenizer import Tokenizer
-from qwen3_api.executors.llamacpp_options import flash_attention_for
+from qwen3_api.executors.llamacpp_options import flash_attention_for, retained_sequences_for
 from qwen3_api.executors.llamacpp_runner import LlamaCppModelRunner
 from qwen3_api.runtime.assembly import assemble_engine
 
@@ -47,7 +47,7 @@ def build_llamacpp_engine(
         kv_cache_type=kv_cache_type or settings.kv_cache_dtype, flash_attention=flash_attention_for(settings),
         reuse_prefixes=settings.enable_prefix_caching, min_reuse_tokens=settings.block_size,
         min_copy_tokens=max(64, settings.block_size), weight_repack=settings.llamacpp_weight_repack,
-        kv_unified=unified, kv_cells=kv_cells,
+        kv_unified=unified, kv_cells=kv_cells, retained_sequences=retained_sequences_for(settings, max_num_seqs),
         max_draft_tokens=settings.num_speculative_tokens if settings.speculative == "ngram" else 0,
     )  # fmt: skip
     if max_model_len > runner.n_ctx_train:
