@@ -16,6 +16,7 @@ from qwen3_api.engine.async_engine import AsyncEngine
 from qwen3_api.engine.core import EngineCore
 from qwen3_api.engine.tokenizer import Tokenizer
 from qwen3_api.errors import ModelLoadError
+from qwen3_api.executors.llamacpp_options import retained_sequences_for
 from qwen3_api.models.identity import model_identity
 from qwen3_api.runtime.source import canonical_model_name, resolve_gguf_model, resolve_model
 
@@ -217,8 +218,10 @@ def llamacpp_kv_plan(
             budget / 2**30, per_sequence, "in all" if settings.llamacpp_kv_unified else "per sequence", wanted,
         )  # fmt: skip
     max_model_len = min(wanted, per_sequence)
-    # More cells than every sequence at full length could use are never needed.
-    cells = min(total, settings.max_num_seqs * max_model_len)
+    # More cells than every sequence id at full length could use (the running ones and those that keep finished
+    # conversations for prefix reuse) are never needed.
+    sequences = settings.max_num_seqs + retained_sequences_for(settings, settings.max_num_seqs)
+    cells = min(total, sequences * max_model_len)
     if not settings.llamacpp_kv_unified:
         cells = settings.max_num_seqs * max_model_len
     return LlamaCppKVPlan(cells, max_model_len, cells * bytes_per_token / 2**30, source)
