@@ -44,18 +44,19 @@ def contenders_for(qtype: str, wanted: list[str]) -> tuple[str, ...]:
 
 
 def preset_plan(preset: str) -> list[Group]:
-    """quick: 0.6b Q8_0 (every contender, multi-turn) and Q4_0 at c = 1, 4, 8, 16; 4b Q4_0 at c = 1 and 8 with 32
-    output tokens. full: 0.6b and 4b, Q8_0, Q4_0 and Q4_K_M, c = 1, 4, 8, 16, 64 output tokens."""
+    """quick: 0.6b Q8_0 (every contender) and Q4_0 at c = 1, 4, 8, 16, both with the multi-turn workload; 4b Q4_0
+    at c = 1 and 8 with 32 output tokens. full: 0.6b and 4b, Q8_0, Q4_0 and Q4_K_M, c = 1, 4, 8, 16, 64 output
+    tokens, multi-turn on every 0.6b file."""
     every = list(CONTENDERS)
     if preset == "quick":
         return [Group("0.6b", "Q8_0", (1, 4, 8, 16), 64, 12, contenders_for("Q8_0", every), multi_turn=True),
-                Group("0.6b", "Q4_0", (1, 4, 8, 16), 64, 12, ("llama-server", "ours")),
+                Group("0.6b", "Q4_0", (1, 4, 8, 16), 64, 12, ("llama-server", "ours"), multi_turn=True),
                 Group("4b", "Q4_0", (1, 8), 32, 8, ("llama-server", "ours"))]  # fmt: skip
     if preset != "full":
         raise ValueError(f"unknown preset {preset!r}")
     return [Group(shape, q, (1, 4, 8, 16), 64, 16 if shape == "0.6b" else 8,
                   contenders_for(q, every if shape == "0.6b" else ["llama-server", "ours", "ours-default"]),
-                  multi_turn=q == "Q8_0")
+                  multi_turn=shape == "0.6b")
             for shape in ("0.6b", "4b") for q in ("Q8_0", "Q4_0", "Q4_K_M")]  # fmt: skip
 
 
