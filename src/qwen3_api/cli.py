@@ -97,7 +97,7 @@ def serve(
         Optional[bool], typer.Option(help="one KV pool for all llama.cpp sequences [default on]")
     ] = None,
     llamacpp_retained_sequences: Annotated[
-        Optional[int], typer.Option(help="finished conversations kept in the llama.cpp pool [3 x max-num-seqs]")
+        Optional[int], typer.Option(help="finished conversations kept in the llama.cpp pool [0]")
     ] = None,
     llamacpp_flash_attention: Annotated[Optional[str], typer.Option(help="auto|on|off")] = None,
     llamacpp_threads: Annotated[Optional[int], typer.Option(help="llama.cpp decode threads")] = None,

@@ -76,10 +76,10 @@ class Settings(BaseSettings):
         True, description="one KV pool for all llama.cpp sequences (a long request uses what idle ones do not); "
         "off: each sequence owns an equal share",
     )  # fmt: skip
-    llamacpp_retained_sequences: int | None = Field(
-        None, ge=0, le=255, description="finished conversations whose KV stays in the shared llama.cpp pool for "
-        "prefix reuse beside the running ones (the pool's cells bound what they hold, least recently used dropped "
-        "first); default 3 x --max-num-seqs, at least 16, with the shared pool; 0 with per-sequence KV",
+    llamacpp_retained_sequences: int = Field(
+        0, ge=0, le=255, description="finished conversations whose KV stays in the shared llama.cpp pool for "
+        "prefix reuse beside the running ones (the pool grows for them; least recently used dropped first). Pays "
+        "when more conversations are open than run at once; costs decode time, as attention spans their cells",
     )  # fmt: skip
     llamacpp_flash_attention: Literal["auto", "on", "off"] = Field(
         "auto", description="llama.cpp flash attention; auto: on with the shared KV pool, off with per-sequence KV "

@@ -13,20 +13,17 @@ def settings(**fields: object) -> Settings:
     return Settings(model="unused", **fields)  # type: ignore[arg-type]
 
 
-def test_the_shared_pool_keeps_three_times_the_running_sequences_at_least_16() -> None:
-    assert retained_sequences_for(settings(), 4) == 16
-    assert retained_sequences_for(settings(), 8) == 24
-    assert retained_sequences_for(settings(llamacpp_retained_sequences=0), 8) == 0
+def test_kept_conversations_are_opt_in() -> None:
+    assert retained_sequences_for(settings(), 4) == 0
     assert retained_sequences_for(settings(llamacpp_retained_sequences=5), 8) == 5
 
 
 def test_llama_cpp_sequence_limit_bounds_the_total() -> None:
-    assert retained_sequences_for(settings(), 200) == MAX_SEQUENCES - 200
+    assert retained_sequences_for(settings(llamacpp_retained_sequences=100), 200) == MAX_SEQUENCES - 200
     assert retained_sequences_for(settings(llamacpp_retained_sequences=255), 4) == MAX_SEQUENCES - 4
 
 
 def test_per_sequence_kv_keeps_none_and_refuses_an_explicit_count_by_name() -> None:
-    assert retained_sequences_for(settings(llamacpp_kv_unified=False), 8) == 0
     with pytest.raises(ValidationError, match="llamacpp_retained_sequences needs the shared KV pool"):
         settings(llamacpp_kv_unified=False, llamacpp_retained_sequences=4)
     with pytest.raises(ValidationError, match="llamacpp_retained_sequences"):

@@ -429,16 +429,16 @@ def test_shared_pool_serves_a_long_request_beside_another_and_evicts_retained_pr
     assert run(shared_pool_engine("tiny"), {"long": (long_prompts[0], greedy(16)), "short": (short, greedy(16))}) == first
 
 
-@pytest.mark.parametrize("retained", [None, 0])
-def test_shared_pool_keeps_more_conversations_than_it_runs(retained: int | None) -> None:
-    """Six conversations, two running at a time: by default each one's second turn finds its first turn's cells
-    (16 sequence ids are kept for finished requests); with none kept beside the running two, only the two most
+@pytest.mark.parametrize("retained", [16, 0])
+def test_shared_pool_keeps_more_conversations_than_it_runs(retained: int) -> None:
+    """Six conversations, two running at a time: with 16 sequence ids kept for finished requests each one's second
+    turn finds its first turn's cells; with none kept beside the running two (the default), only the two most
     recent conversations still have theirs."""
     rng = random.Random(42)
     first_turns = [[rng.randrange(0, 151000) for _ in range(120)] for _ in range(6)]
     engine = shared_pool_engine("tiny", max_num_seqs=2, llamacpp_retained_sequences=retained)
     runner = engine.runner
-    assert isinstance(runner, LlamaCppModelRunner) and runner.num_slots == (2 + 16 if retained is None else 2)
+    assert isinstance(runner, LlamaCppModelRunner) and runner.num_slots == 2 + retained
     answers = {}
     for i, prompt in enumerate(first_turns):
         answers[i] = run(engine, {f"c{i}-1": (prompt, greedy(8))})[f"c{i}-1"]
@@ -448,7 +448,7 @@ def test_shared_pool_keeps_more_conversations_than_it_runs(retained: int | None)
         tokens, cached = run_with_cache_counts(engine, {f"c{i}-2": (second, greedy(4))})
         assert len(tokens[f"c{i}-2"]) == 4
         hits[i] = cached[f"c{i}-2"]
-    if retained is None:
+    if retained:
         assert all(hits[i] >= len(first_turns[i]) for i in hits), hits
     else:
         assert [i for i in hits if hits[i] >= len(first_turns[i])] == [5, 4], hits

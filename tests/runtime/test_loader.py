@@ -79,9 +79,8 @@ def test_a_machine_without_memory_to_spare_is_refused() -> None:
 
 
 def test_the_shared_pool_has_room_for_the_conversations_it_keeps() -> None:
-    # Cells for every sequence id at full length: the 4 running ones and the 16 that keep finished conversations.
+    # Cells for every sequence id at full length: the 4 running ones, and the 16 kept for finished conversations.
     settings = Settings(model="m", max_num_seqs=4, max_model_len=1024)
-    plan = llamacpp_kv_plan(settings, METADATA, model_bytes=2 * GIB, available_bytes=22 * GIB)
-    assert plan.cells == 20 * 1024
-    kept_none = settings.model_copy(update={"llamacpp_retained_sequences": 0})
-    assert llamacpp_kv_plan(kept_none, METADATA, model_bytes=2 * GIB, available_bytes=22 * GIB).cells == 4 * 1024
+    assert llamacpp_kv_plan(settings, METADATA, model_bytes=2 * GIB, available_bytes=22 * GIB).cells == 4 * 1024
+    keeping = settings.model_copy(update={"llamacpp_retained_sequences": 16})
+    assert llamacpp_kv_plan(keeping, METADATA, model_bytes=2 * GIB, available_bytes=22 * GIB).cells == 20 * 1024
