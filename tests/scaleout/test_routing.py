@@ -152,9 +152,23 @@ def test_a_completion_that_arrives_before_its_routed_callback_leaves_no_load() -
     # (seen with the start-up health probes): the late routed callback must not count the call again.
     router = PrefixAwareRouter()
     router.set_replicas(["a", "b"])
-    router.on_routed("a", RouteKey(), "probe", "pinned", count_decision=False)  # reserved while ranking
+    router.reserve("a", "probe")  # while ranking
     router.on_completed("probe")
-    router.on_routed("a", RouteKey(), "probe", "pinned")  # the routed callback, late
+    router.confirm("a", RouteKey(), "probe", "pinned")  # the routed callback, late
     assert router.load("a") == 0
     # The next requests then spread over both replicas instead of avoiding "a".
     assert {route(router, f"distinct prompt number {i} " * 8, f"r{i}") for i in range(2)} == {"a", "b"}
+
+
+def test_a_reservation_moves_with_the_request_and_its_blocks_go_where_it_was_sent() -> None:
+    router = PrefixAwareRouter()
+    router.set_replicas(["a", "b"])
+    text = "a conversation that Ray Serve sends to another replica than the one ranked first " * 2
+    router.reserve("a", "r")
+    router.reserve("a", "r")  # a second routing round ranks the same replica: still one request
+    assert (router.load("a"), router.load("b")) == (1, 0)
+    router.confirm("b", key(text), "r", "least_loaded")  # sent to b after all
+    assert (router.load("a"), router.load("b")) == (0, 1)
+    assert router.choose(key(text + " next turn")).ranking[0] == "b"
+    router.on_completed("r")
+    assert (router.load("a"), router.load("b")) == (0, 0)

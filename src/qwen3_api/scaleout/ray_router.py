@@ -86,15 +86,14 @@ class PrefixAwareRequestRouter(RequestRouter):
         if pending_request is not None:
             request_id = pending_request.metadata.internal_request_id
             self._reasons[request_id] = decision.reason
-            # reserved now: requests ranked before this one is accepted see it in the load
-            self.policy.on_routed(decision.ranking[0], route_key_of(pending_request), request_id, decision.reason,
-                                  count_decision=False)  # fmt: skip
+            self.policy.reserve(decision.ranking[0], request_id)
         return [[by_id[name]] for name in decision.ranking]
 
     def on_request_routed(self, pending_request: PendingRequest, replica_id: ReplicaID, result: Any) -> None:
         request_id = pending_request.metadata.internal_request_id
         reason = self._reasons.pop(request_id, "least_loaded")
-        self.policy.on_routed(replica_id.unique_id, route_key_of(pending_request), request_id, reason)
+        self.policy.confirm(replica_id.unique_id, route_key_of(pending_request), request_id, reason)
 
     def on_request_completed(self, replica_id: ReplicaID, internal_request_id: str) -> None:
+        self._reasons.pop(internal_request_id, None)  # one that was never confirmed (rejected, then retried)
         self.policy.on_completed(internal_request_id)

@@ -21,9 +21,6 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 BlockHash = bytes
-# Request ids whose completion came in, kept to recognise a routed callback arriving after it (Ray Serve can run a
-# fast call's completion callback before its routed one: counting it then would leave it in the load for good).
-MAX_COMPLETED_IDS = 4096
 Reason = Literal["prefix", "least_loaded", "overloaded", "random", "pinned"]
 
 
@@ -77,7 +74,6 @@ class PrefixAwareRouter:
         self._rng = rng or random.Random()
         self._replicas: dict[str, _Replica] = {}
         self._request_replica: dict[str, str] = {}
-        self._completed: OrderedDict[str, None] = OrderedDict()
         self._lock = threading.Lock()
         self.decisions: dict[tuple[str, Reason], int] = {}
 
@@ -133,44 +129,54 @@ class PrefixAwareRouter:
                 return Decision(tuple(by_load), matches[by_load[0]], "overloaded")
             return Decision((chosen, *[n for n in by_load if n != chosen]), best, "prefix")
 
-    def on_routed(
-        self, replica_id: str, key: RouteKey, request_id: str, reason: Reason, count_decision: bool = True
-    ) -> None:
-        """A request was sent to `replica_id` (or is about to be: the router reserves its place when it ranks, so
-        that requests arriving together see each other's load): count it in its load, once per request (a second
-        call moves it), and remember its blocks there."""
+    def reserve(self, replica_id: str, request_id: str) -> None:
+        """Count a request in `replica_id`'s load as it is ranked, before it is sent, so that requests arriving
+        together see each other; a second reservation (a later routing round) moves it."""
+        with self._lock:
+            self._place(replica_id, request_id)
+
+    def confirm(self, replica_id: str, key: RouteKey, request_id: str, reason: Reason) -> None:
+        """A reserved request was sent to `replica_id`: count the decision, remember its blocks there, and move
+        its reservation there if it was made elsewhere. One whose completion came first (Ray Serve can report a
+        fast call done before routed) holds no reservation any more and adds no load."""
         with self._lock:
             replica = self._replicas.get(replica_id)
             if replica is None:
                 return
-            if count_decision and reason != "pinned":  # probes and stored-response lookups are not routing decisions
+            if reason != "pinned":  # probes and stored-response lookups are not routing decisions
                 self.decisions[(replica_id, reason)] = self.decisions.get((replica_id, reason), 0) + 1
-            previous_id = self._request_replica.get(request_id)
-            if previous_id == replica_id:  # reserved there already: counted, blocks remembered
-                return
-            finished = request_id in self._completed  # its completion came first: not in flight any more
-            previous = self._replicas.get(previous_id or "")
-            if previous is not None and previous.in_flight > 0:
-                previous.in_flight -= 1
-            if not finished:
-                replica.in_flight += 1
-                self._request_replica[request_id] = replica_id
+            if request_id in self._request_replica:
+                self._place(replica_id, request_id)
             for block_hash in key.block_hashes:
                 replica.blocks[block_hash] = None
                 replica.blocks.move_to_end(block_hash)
             while len(replica.blocks) > self.max_blocks_per_replica:
                 replica.blocks.popitem(last=False)
 
+    def on_routed(self, replica_id: str, key: RouteKey, request_id: str, reason: Reason) -> None:
+        """A request was sent to `replica_id` without a reservation first: reserve and confirm at once."""
+        self.reserve(replica_id, request_id)
+        self.confirm(replica_id, key, request_id, reason)
+
     def on_completed(self, request_id: str) -> None:
         """A request routed earlier has finished (answered, failed or cancelled)."""
         with self._lock:
-            self._completed[request_id] = None
-            while len(self._completed) > MAX_COMPLETED_IDS:
-                self._completed.popitem(last=False)
             replica_id = self._request_replica.pop(request_id, None)
             replica = self._replicas.get(replica_id) if replica_id else None
             if replica is not None and replica.in_flight > 0:
                 replica.in_flight -= 1
+
+    def _place(self, replica_id: str, request_id: str) -> None:
+        """Count `request_id` in `replica_id`'s load, out of the replica it was counted in before (lock held)."""
+        replica = self._replicas.get(replica_id)
+        previous_id = self._request_replica.get(request_id)
+        if replica is None or previous_id == replica_id:
+            return
+        previous = self._replicas.get(previous_id or "")
+        if previous is not None and previous.in_flight > 0:
+            previous.in_flight -= 1
+        replica.in_flight += 1
+        self._request_replica[request_id] = replica_id
 
     def _matched(self, replica_id: str, key: RouteKey) -> int:
         blocks = self._replicas[replica_id].blocks
