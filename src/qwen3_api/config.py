@@ -79,7 +79,8 @@ class Settings(BaseSettings):
     llamacpp_retained_sequences: int = Field(
         0, ge=0, le=255, description="finished conversations whose KV stays in the shared llama.cpp pool for "
         "prefix reuse beside the running ones (the pool grows for them; least recently used dropped first). Pays "
-        "when more conversations are open than run at once; costs decode time, as attention spans their cells",
+        "when more conversations are open than run at once; costs decode time, as attention spans their cells. "
+        "With --max-num-seqs at most 256 (llama.cpp's limit)",
     )  # fmt: skip
     llamacpp_flash_attention: Literal["auto", "on", "off"] = Field(
         "auto", description="llama.cpp flash attention; auto: on with the shared KV pool, off with per-sequence KV "

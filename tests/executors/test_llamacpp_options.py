@@ -6,6 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from qwen3_api.config import Settings
+from qwen3_api.errors import ModelLoadError
 from qwen3_api.executors.llamacpp_options import MAX_SEQUENCES, retained_sequences_for
 
 
@@ -18,9 +19,10 @@ def test_kept_conversations_are_opt_in() -> None:
     assert retained_sequences_for(settings(llamacpp_retained_sequences=5), 8) == 5
 
 
-def test_llama_cpp_sequence_limit_bounds_the_total() -> None:
-    assert retained_sequences_for(settings(llamacpp_retained_sequences=100), 200) == MAX_SEQUENCES - 200
-    assert retained_sequences_for(settings(llamacpp_retained_sequences=255), 4) == MAX_SEQUENCES - 4
+def test_more_than_llama_cpp_sequence_limit_is_refused_by_name() -> None:
+    assert retained_sequences_for(settings(llamacpp_retained_sequences=MAX_SEQUENCES - 4), 4) == MAX_SEQUENCES - 4
+    with pytest.raises(ModelLoadError, match=r"--max-num-seqs \(4\) plus --llamacpp-retained-sequences \(253\)"):
+        retained_sequences_for(settings(llamacpp_retained_sequences=253), 4)
 
 
 def test_per_sequence_kv_keeps_none_and_refuses_an_explicit_count_by_name() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from qwen3_api.config import Settings
+from qwen3_api.errors import ModelLoadError
 
 WEIGHT_REPACK_MODES = ("auto", "on", "cpu", "off")
 # llama.cpp's limit on sequence ids in one context (LLAMA_MAX_SEQ).
@@ -42,13 +43,17 @@ def flash_attention_for(settings: Settings) -> bool:
 
 def retained_sequences_for(settings: Settings, max_num_seqs: int) -> int:
     """How many llama.cpp sequence ids beyond the running ones hold finished conversations for prefix reuse
-    (`--llamacpp-retained-sequences`, within llama.cpp's limit; shared pool only).
+    (`--llamacpp-retained-sequences`; shared pool only); refused when the total passes llama.cpp's limit.
 
     An idle sequence id costs one logits row (0.6 MB for Qwen3's vocabulary), but the cells it keeps do cost:
     llama.cpp's attention in the shared pool spans the cells in use, masked per sequence, so every decode step
     grows with what is kept (measured, 0.6b Q4_0, 16 sequences + 48 kept: 12-22 % fewer output tokens/s on fresh
     prompts). Where more conversations are open than run at once it pays many times over (12 conversations on 4
     sequences: 2.0x output tokens/s, their next turns prefill only the new part), hence opt-in."""
-    if not settings.llamacpp_kv_unified:
-        return 0
-    return max(0, min(settings.llamacpp_retained_sequences, MAX_SEQUENCES - max_num_seqs))
+    kept = settings.llamacpp_retained_sequences  # 0 with per-sequence KV (Settings refuses more there)
+    if kept and max_num_seqs + kept > MAX_SEQUENCES:
+        raise ModelLoadError(
+            f"--max-num-seqs ({max_num_seqs}) plus --llamacpp-retained-sequences ({kept}) is more than the "
+            f"{MAX_SEQUENCES} sequences llama.cpp allows in one context"
+        )
+    return kept
