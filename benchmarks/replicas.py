@@ -37,6 +37,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
@@ -95,19 +96,20 @@ def stop(server: ServerProcess) -> None:
     server.stop(10)
 
 
-def metric_sum(url: str, name: str) -> float:
+def metric_samples(url: str, name: str) -> list[Any]:
     text = httpx.get(f"{url}/metrics", timeout=60).text
-    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples if s.name == name)
+    return [s for f in text_string_to_metric_families(text) for s in f.samples if s.name == name]
+
+
+def metric_sum(url: str, name: str) -> float:
+    return sum(sample.value for sample in metric_samples(url, name))
 
 
 def decisions_by_replica(url: str) -> dict[str, float]:
     """Requests the ingress's router sent to each replica (its routing decisions; probes not counted)."""
-    text = httpx.get(f"{url}/metrics", timeout=60).text
     counts: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == "qwen3_api_router_decisions_total":
-                counts[sample.labels["replica"]] = counts.get(sample.labels["replica"], 0) + sample.value
+    for sample in metric_samples(url, "qwen3_api_router_decisions_total"):
+        counts[sample.labels["replica"]] = counts.get(sample.labels["replica"], 0) + sample.value
     return counts
 
 
