@@ -38,7 +38,9 @@ class Settings(BaseSettings):
     max_num_seqs: int = Field(
         16, ge=1, le=1024, description="most sequences decoded together in one step (llamacpp: 4 unless set)"
     )
-    max_num_batched_tokens: int = Field(512, ge=16, description="token budget of one engine step (chunked prefill)")
+    max_num_batched_tokens: int = Field(
+        512, ge=16, description="token budget of one engine step (chunked prefill; llamacpp: 2048 unless set)"
+    )
     block_size: int = Field(16, ge=1, le=256, description="tokens per KV cache block")
     kv_cache_memory: float | None = Field(
         None,
@@ -91,7 +93,7 @@ class Settings(BaseSettings):
         None, ge=1, description="llama.cpp prefill threads; default --llamacpp-threads"
     )
     llamacpp_ubatch: int | None = Field(
-        None, ge=1, description="llama.cpp physical batch in tokens; default the step budget"
+        None, ge=1, description="llama.cpp physical batch in tokens; default 512 (at most the step budget)"
     )
     llamacpp_weight_repack: Literal["auto", "on", "cpu", "off"] = Field(
         "auto",

@@ -168,6 +168,9 @@ class LlamaCppModelRunner:
             self.close()
             raise ModelLoadError(f"llama.cpp gave {self.n_ctx_seq} cells per sequence, fewer than {max_model_len}")
         self._memory = llama_cpp.llama_get_memory(self._ctx)
+        # llama.cpp caps the logical batch at the context's cells; `forward` splits by what it really took.
+        self.n_batch = n_batch = llama_cpp.llama_n_batch(self._ctx)
+        self.n_ubatch: int = llama_cpp.llama_n_ubatch(self._ctx)
         self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
         self._pool = SlotPool(
             num_slots, reuse_prefixes=reuse_prefixes, min_reuse_tokens=min_reuse_tokens,
@@ -178,7 +181,7 @@ class LlamaCppModelRunner:
             "%d/%d, %d/%d threads, flash attention %s, weight repacking %s",
             self.gguf_path.name, self.vocab_size, max_num_seqs, retained_sequences,
             "one shared" if kv_unified else "per-sequence", self.n_ctx if kv_unified else self.n_ctx_seq,
-            kv_cache_type, n_batch, params.n_ubatch, self.n_threads,
+            kv_cache_type, n_batch, self.n_ubatch, self.n_threads,
             self.n_threads_batch, "on" if self.flash_attention else "off",
             _repack_note(self.weight_repack, self.repacked_tensors),
         )  # fmt: skip
