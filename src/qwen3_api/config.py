@@ -38,9 +38,7 @@ class Settings(BaseSettings):
     max_num_seqs: int = Field(
         16, ge=1, le=1024, description="most sequences decoded together in one step (llamacpp: 4 unless set)"
     )
-    max_num_batched_tokens: int = Field(
-        512, ge=16, description="token budget of one engine step (chunked prefill; llamacpp: 2048 unless set)"
-    )
+    max_num_batched_tokens: int = Field(512, ge=16, description="token budget of one engine step (chunked prefill)")
     block_size: int = Field(16, ge=1, le=256, description="tokens per KV cache block")
     kv_cache_memory: float | None = Field(
         None,

@@ -27,7 +27,6 @@ from qwen3_api.executors.sampler import Sampler
 pytest.importorskip("llama_cpp")
 from qwen3_api.executors.llamacpp_runner import LlamaCppModelRunner  # noqa: E402
 from qwen3_api.runtime.llamacpp_engine import build_llamacpp_engine  # noqa: E402
-from qwen3_api.runtime.loader import LLAMACPP_DEFAULT_MAX_NUM_BATCHED_TOKENS, llamacpp_settings  # noqa: E402
 
 MODELS = {
     # A larger init std than real checkpoints gives random weights usable top-1 margins.
@@ -193,12 +192,11 @@ def test_chunked_prefill_equals_one_shot(model_name: str) -> None:
     assert engine.num_steps >= 8 + 11
 
 
-def test_default_step_prefills_past_one_ubatch_and_matches_each_request_alone(model_name: str) -> None:
-    settings = llamacpp_settings(Settings(model="unused", max_num_seqs=12, llamacpp_kv_unified=False))
-    engine = build_llamacpp_engine(settings, gguf_of(model_name, "Q8_0"), tokenizer_of(model_name), MAX_MODEL_LEN)
-    assert (engine.runner.n_batch, engine.runner.n_ubatch) == (LLAMACPP_DEFAULT_MAX_NUM_BATCHED_TOKENS, 512)
+def test_a_step_past_one_ubatch_prefills_at_once_and_matches_each_request_alone(model_name: str) -> None:
+    engine = make_engine(model_name, max_num_seqs=12, max_num_batched_tokens=2048)
+    assert (engine.runner.n_batch, engine.runner.n_ubatch) == (2048, 512)  # llama.cpp's default physical batch
     batch = prompts(12, seed=16)
-    assert 512 < sum(map(len, batch)) <= LLAMACPP_DEFAULT_MAX_NUM_BATCHED_TOKENS
+    assert 512 < sum(map(len, batch)) <= 2048
     together = run(engine, {f"r{i}": (p, greedy(16)) for i, p in enumerate(batch)})
     assert engine.num_steps == 16  # every prompt in the first step (several ubatches), then 15 decodes
     assert together == run_alone(make_engine(model_name), batch, greedy(16))

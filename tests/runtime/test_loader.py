@@ -7,7 +7,6 @@ import pytest
 from qwen3_api.config import Settings
 from qwen3_api.errors import ModelLoadError
 from qwen3_api.runtime.loader import (
-    LLAMACPP_DEFAULT_MAX_NUM_BATCHED_TOKENS,
     LLAMACPP_DEFAULT_MAX_NUM_SEQS,
     gguf_max_model_len,
     llamacpp_kv_plan,
@@ -27,15 +26,6 @@ METADATA = {
 def test_llamacpp_serves_fewer_sequences_unless_told() -> None:
     assert llamacpp_settings(Settings(model="m")).max_num_seqs == LLAMACPP_DEFAULT_MAX_NUM_SEQS
     assert llamacpp_settings(Settings(model="m", max_num_seqs=16)).max_num_seqs == 16
-
-
-def test_llamacpp_takes_larger_prefill_steps_unless_told() -> None:
-    assert Settings(model="m").max_num_batched_tokens == 512  # the torch backend's budget
-    assert llamacpp_settings(Settings(model="m")).max_num_batched_tokens == LLAMACPP_DEFAULT_MAX_NUM_BATCHED_TOKENS
-    told = llamacpp_settings(Settings(model="m", max_num_batched_tokens=512, max_num_seqs=8))
-    assert (told.max_num_batched_tokens, told.max_num_seqs) == (512, 8)
-    one = llamacpp_settings(Settings(model="m", max_num_seqs=8))
-    assert (one.max_num_batched_tokens, one.max_num_seqs) == (LLAMACPP_DEFAULT_MAX_NUM_BATCHED_TOKENS, 8)
 
 
 def test_llamacpp_sequence_count_from_the_environment_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -131,22 +131,14 @@ def model_max_len(model_dir: Path) -> int:
 # a 4-sequence step costs 2.5x a 1-sequence step), and each sequence owns its share of the KV budget: fewer
 # sequences give each a longer context.
 LLAMACPP_DEFAULT_MAX_NUM_SEQS = 4
-# llama.cpp's step budget: prompts are taken up to 2048 tokens a step (computed in 512-token ubatches), as
-# llama-server's logical batch does. Measured side by side on 2 cores, 0.6b Q8_0, 16 requests at once: 37.1 vs 31.96
-# output tok/s with 512 (llama-server 37.9 / 37.7), because 512-token chunks start the requests' decodes at staggered
-# steps and their ends trail off in small batches; TTFT p50 7.8 vs 8.0 s. The price: a step that prefills 2048
-# tokens holds back the running streams' next token for its whole length (`--max-num-batched-tokens 512` for less).
-LLAMACPP_DEFAULT_MAX_NUM_BATCHED_TOKENS = 2048
 
 
 def llamacpp_settings(settings: Settings) -> Settings:
-    """`settings` for the llama.cpp backend: `max_num_seqs` defaults to LLAMACPP_DEFAULT_MAX_NUM_SEQS and
-    `max_num_batched_tokens` to LLAMACPP_DEFAULT_MAX_NUM_BATCHED_TOKENS there, each unless it was set (flag or
-    environment)."""
-    defaults = {"max_num_seqs": LLAMACPP_DEFAULT_MAX_NUM_SEQS,
-                "max_num_batched_tokens": LLAMACPP_DEFAULT_MAX_NUM_BATCHED_TOKENS}  # fmt: skip
-    update = {name: value for name, value in defaults.items() if name not in settings.model_fields_set}
-    return settings.model_copy(update=update) if update else settings
+    """`settings` for the llama.cpp backend: `max_num_seqs` defaults to LLAMACPP_DEFAULT_MAX_NUM_SEQS there
+    unless it was set (flag or environment)."""
+    if "max_num_seqs" in settings.model_fields_set:
+        return settings
+    return settings.model_copy(update={"max_num_seqs": LLAMACPP_DEFAULT_MAX_NUM_SEQS})
 
 
 def gguf_max_model_len(settings: Settings, metadata: dict[str, object]) -> int:
