@@ -7,7 +7,7 @@ from pydantic import ValidationError
 
 from qwen3_api.config import Settings
 from qwen3_api.errors import ModelLoadError
-from qwen3_api.executors.llamacpp_options import DEFAULT_UBATCH, MAX_SEQUENCES, retained_sequences_for, ubatch_for
+from qwen3_api.executors.llamacpp_options import MAX_SEQUENCES, retained_sequences_for
 
 
 def settings(**fields: object) -> Settings:
@@ -31,8 +31,3 @@ def test_per_sequence_kv_keeps_none_and_refuses_an_explicit_count_by_name() -> N
     with pytest.raises(ValidationError, match="llamacpp_retained_sequences"):
         settings(llamacpp_retained_sequences=-1)
 
-
-def test_physical_batch_is_llama_cpp_default_and_never_more_than_a_step() -> None:
-    assert ubatch_for(Settings(model="m"), 2048) == DEFAULT_UBATCH == 512
-    assert ubatch_for(Settings(model="m"), 128) == 128
-    assert ubatch_for(Settings(model="m", llamacpp_ubatch=1024), 2048) == 1024

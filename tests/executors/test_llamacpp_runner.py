@@ -25,7 +25,7 @@ from qwen3_api.errors import EngineError
 from qwen3_api.executors.sampler import Sampler
 
 pytest.importorskip("llama_cpp")
-from qwen3_api.executors.llamacpp_runner import LlamaCppModelRunner  # noqa: E402
+from qwen3_api.executors.llamacpp_runner import DEFAULT_UBATCH, LlamaCppModelRunner  # noqa: E402
 from qwen3_api.runtime.llamacpp_engine import build_llamacpp_engine  # noqa: E402
 
 MODELS = {
@@ -194,12 +194,16 @@ def test_chunked_prefill_equals_one_shot(model_name: str) -> None:
 
 def test_a_step_past_one_ubatch_prefills_at_once_and_matches_each_request_alone(model_name: str) -> None:
     engine = make_engine(model_name, max_num_seqs=12, max_num_batched_tokens=2048)
-    assert (engine.runner.n_batch, engine.runner.n_ubatch) == (2048, 512)  # llama.cpp's default physical batch
+    assert (engine.runner.n_batch, engine.runner.n_ubatch) == (2048, DEFAULT_UBATCH)
     batch = prompts(12, seed=16)
     assert 512 < sum(map(len, batch)) <= 2048
     together = run(engine, {f"r{i}": (p, greedy(16)) for i, p in enumerate(batch)})
     assert engine.num_steps == 16  # every prompt in the first step (several ubatches), then 15 decodes
     assert together == run_alone(make_engine(model_name), batch, greedy(16))
+
+
+def test_physical_batch_is_never_more_than_the_logical_one(runner: LlamaCppModelRunner) -> None:
+    assert (runner.n_batch, runner.n_ubatch) == (128, 128)  # n_batch=128 < DEFAULT_UBATCH
 
 
 def test_batch_longer_than_n_batch_is_split(model_name: str) -> None:

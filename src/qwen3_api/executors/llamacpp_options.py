@@ -8,9 +8,6 @@ from qwen3_api.errors import ModelLoadError
 WEIGHT_REPACK_MODES = ("auto", "on", "cpu", "off")
 # llama.cpp's limit on sequence ids in one context (LLAMA_MAX_SEQ).
 MAX_SEQUENCES = 256
-# llama.cpp's physical batch unless `--llamacpp-ubatch` says otherwise (llama.cpp's own default): a step of up to
-# the whole budget is computed in ubatches of this many tokens, each a matrix-matrix product over the weights.
-DEFAULT_UBATCH = 512
 
 
 def build_has_amx() -> bool:
@@ -42,11 +39,6 @@ def flash_attention_for(settings: Settings) -> bool:
     if settings.llamacpp_flash_attention == "auto":
         return settings.llamacpp_kv_unified
     return settings.llamacpp_flash_attention == "on"
-
-
-def ubatch_for(settings: Settings, step_tokens: int) -> int:
-    """llama.cpp's physical batch: `--llamacpp-ubatch`, else DEFAULT_UBATCH; never more than a step's tokens."""
-    return min(settings.llamacpp_ubatch or DEFAULT_UBATCH, step_tokens)
 
 
 def retained_sequences_for(settings: Settings, max_num_seqs: int) -> int:

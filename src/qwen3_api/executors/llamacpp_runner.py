@@ -39,6 +39,9 @@ logger = logging.getLogger(__name__)
 
 # llama.cpp pads the context to a multiple of this many cells.
 CTX_PAD = 256
+# llama.cpp's own physical batch: a step of up to n_batch tokens is computed in ubatches of this many tokens, each a
+# matrix-matrix product over the weights.
+DEFAULT_UBATCH = 512
 _GGML_TYPES = {"f32": 0, "f16": 1, "q8_0": 8}  # enum ggml_type
 # Bytes of one K or V element per KV cell type (q8_0: 34-byte blocks of 32).
 KV_BYTES_PER_ELEMENT = {"f32": 4.0, "f16": 2.0, "q8_0": 34 / 32}
@@ -92,9 +95,9 @@ class LlamaCppModelRunner:
         `retained_sequences` (shared pool only) adds sequence ids beyond `max_num_seqs` for finished requests'
         cells, so more conversations than run at once keep their prefixes.
         "q8_0" cells need flash attention (llama.cpp refuses quantized V cells without), so it is turned on.
-        `n_threads_batch` (prefill; default `n_threads`) and `n_ubatch` (physical batch; default `n_batch`) are
-        llama.cpp's own knobs. `max_draft_tokens` (speculative decoding) is the most draft tokens an entry
-        carries: each gets a logits row."""
+        `n_threads_batch` (prefill; default `n_threads`) and `n_ubatch` (physical batch; default DEFAULT_UBATCH, at
+        most `n_batch`) are llama.cpp's own knobs. `max_draft_tokens` (speculative decoding) is the most draft
+        tokens an entry carries: each gets a logits row."""
         import llama_cpp
 
         if kv_cache_type not in _GGML_TYPES:
@@ -109,7 +112,6 @@ class LlamaCppModelRunner:
         if not self.gguf_path.is_file():
             raise ModelLoadError(f"GGUF file not found: {self.gguf_path}")
         self.max_num_seqs = max_num_seqs
-        self.n_batch = n_batch
         self.n_threads = n_threads or default_num_threads()
         self.n_threads_batch = n_threads_batch or self.n_threads
         self.kv_unified = kv_unified
@@ -142,8 +144,8 @@ class LlamaCppModelRunner:
         else:
             params.n_ctx = max_num_seqs * (math.ceil(max_model_len / CTX_PAD) * CTX_PAD)
         params.n_batch = n_batch
-        # The compute buffer scales with the physical batch; the scheduler's step budget is the natural size.
-        params.n_ubatch = min(n_ubatch or n_batch, n_batch)
+        # The compute buffer scales with the physical batch; llama.cpp keeps it within n_batch.
+        params.n_ubatch = n_ubatch or DEFAULT_UBATCH
         # Without this cap, llama.cpp reserves logits for every batch position (n_batch x vocab floats, ~300 MB at
         # 512 x 151,936). A step asks for at most one row per running sequence, plus one per draft token; llama.cpp
         # itself reserves one row per sequence id (0.6 MB each for Qwen3's vocabulary).

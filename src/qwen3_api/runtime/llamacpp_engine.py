@@ -13,7 +13,7 @@ from qwen3_api.engine.llm_engine import LLMEngine
 from qwen3_api.engine.sequence import Sequence
 from qwen3_api.engine.speculative import Speculator, speculative_config
 from qwen3_api.engine.tokenizer import Tokenizer
-from qwen3_api.executors.llamacpp_options import flash_attention_for, retained_sequences_for, ubatch_for
+from qwen3_api.executors.llamacpp_options import flash_attention_for, retained_sequences_for
 from qwen3_api.executors.llamacpp_runner import LlamaCppModelRunner
 from qwen3_api.runtime.assembly import assemble_engine
 
@@ -43,7 +43,7 @@ def build_llamacpp_engine(
     runner = LlamaCppModelRunner(
         gguf_path, max_num_seqs=max_num_seqs, max_model_len=max_model_len,
         n_threads=n_threads or settings.llamacpp_threads, n_threads_batch=settings.llamacpp_threads_batch,
-        n_batch=step_tokens, n_ubatch=ubatch_for(settings, step_tokens),
+        n_batch=step_tokens, n_ubatch=settings.llamacpp_ubatch,
         kv_cache_type=kv_cache_type or settings.kv_cache_dtype, flash_attention=flash_attention_for(settings),
         reuse_prefixes=settings.enable_prefix_caching, min_reuse_tokens=settings.block_size,
         min_copy_tokens=max(64, settings.block_size), weight_repack=settings.llamacpp_weight_repack,

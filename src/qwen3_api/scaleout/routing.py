@@ -161,10 +161,7 @@ class PrefixAwareRouter:
     def on_completed(self, request_id: str) -> None:
         """A request routed earlier has finished (answered, failed or cancelled)."""
         with self._lock:
-            replica_id = self._request_replica.pop(request_id, None)
-            replica = self._replicas.get(replica_id) if replica_id else None
-            if replica is not None and replica.in_flight > 0:
-                replica.in_flight -= 1
+            self._release(self._request_replica.pop(request_id, None))
 
     def _place(self, replica_id: str, request_id: str) -> None:
         """Count `request_id` in `replica_id`'s load, out of the replica it was counted in before (lock held)."""
@@ -172,11 +169,15 @@ class PrefixAwareRouter:
         previous_id = self._request_replica.get(request_id)
         if replica is None or previous_id == replica_id:
             return
-        previous = self._replicas.get(previous_id or "")
-        if previous is not None and previous.in_flight > 0:
-            previous.in_flight -= 1
+        self._release(previous_id)
         replica.in_flight += 1
         self._request_replica[request_id] = replica_id
+
+    def _release(self, replica_id: str | None) -> None:
+        """One request fewer in `replica_id`'s load, if it is still known (lock held)."""
+        replica = self._replicas.get(replica_id or "")
+        if replica is not None and replica.in_flight > 0:
+            replica.in_flight -= 1
 
     def _matched(self, replica_id: str, key: RouteKey) -> int:
         blocks = self._replicas[replica_id].blocks
