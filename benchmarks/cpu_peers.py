@@ -5,6 +5,7 @@ llama.cpp backend and our default path, with every ratio printed against its tar
     python benchmarks/cpu_peers.py --preset full            # 0.6b and 4b, Q8_0/Q4_0/Q4_K_M, c = 1, 4, 8, 16
     python benchmarks/cpu_peers.py --shapes 0.6b --qtypes Q8_0 --concurrency 1,2 --output-tokens 4   # a custom plan
     python benchmarks/cpu_peers.py --contenders ours,llama-server --no-multi-turn
+    python benchmarks/cpu_peers.py --qtypes Q8_0 --concurrency 1,16 --contenders ours,llama-server --repeats 3
     python benchmarks/cpu_peers.py --replot benchmarks/results/cpu_peers-20261201-1300.json   # table + PNG again
 
 Every file is our safetensors checkpoint (random weights, real Qwen3 shape and tokenizer) converted once by the
@@ -14,7 +15,9 @@ llama-cpp-python's sdist into the user cache (~15 min on 2 cores; see peers/llam
 own cached venv and an export of the same checkpoint (peers/openvino_env.py), and is driven in-process
 (peers/openvino_driver.py). Servers are driven like `qwen3-api bench` (streamed OpenAI completions, greedy, end tokens
 ignored, fresh prompts for every row); the multi-turn workload is peers/multiturn.py. A contender that fails is
-reported and the rest go on. Rows, ratios and a PNG go to --out-dir. Only ratios from one idle run mean anything.
+reported and the rest go on. Rows, ratios and a PNG go to --out-dir. Only ratios from one idle run mean anything;
+`--repeats N` runs every file's contenders N times (alternating their order) and judges each ratio on the median of
+the N passes' own ratios, which a ratio near 1.0 needs on a VM whose rows move 10-20 % from run to run.
 """
 
 from __future__ import annotations
@@ -230,17 +233,25 @@ def run_group(group: Group, args: argparse.Namespace, peers: Peers, log_dir: Pat
     if args.prepare:
         return
     builder = PromptBuilder.from_tokenizer_dir(model_dir)
-    for contender in group.contenders:
-        try:
-            if contender.startswith("openvino"):
-                rows = openvino_rows(contender, group, model_dir, builder, args, peers, log_dir)
-            else:
-                rows = server_rows(contender, group, gguf, model_dir, builder, args, peers, log_dir)
-        except Exception as exc:  # noqa: BLE001 -- a contender that fails: say so, go on
-            print(f"  {CONTENDERS[contender]} failed: {exc!r} (logs in {log_dir})", flush=True)
-            rows = failed(contender, f"{type(exc).__name__}: {exc}")
-        run.rows += rows
-        run.save(out)  # after every contender: an interrupted run keeps what it measured
+    for repeat in range(args.repeats):
+        # Every pass runs each contender once on the same prompts, in reverse order on odd passes, so a drift of
+        # the machine over the run weighs on both sides alike.
+        order = group.contenders if repeat % 2 == 0 else tuple(reversed(group.contenders))
+        if args.repeats > 1:
+            print(f"  pass {repeat + 1} of {args.repeats}: {', '.join(order)}", flush=True)
+        for contender in order:
+            try:
+                if contender.startswith("openvino"):
+                    rows = openvino_rows(contender, group, model_dir, builder, args, peers, log_dir)
+                else:
+                    rows = server_rows(contender, group, gguf, model_dir, builder, args, peers, log_dir)
+            except Exception as exc:  # noqa: BLE001 -- a contender that fails: say so, go on
+                print(f"  {CONTENDERS[contender]} failed: {exc!r} (logs in {log_dir})", flush=True)
+                rows = failed(contender, f"{type(exc).__name__}: {exc}")
+            for row in rows:
+                row.repeat = repeat
+            run.rows += rows
+            run.save(out)  # after every contender: an interrupted run keeps what it measured
 
 
 def print_run(run: Run) -> None:
@@ -265,6 +276,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--output-tokens", type=int, default=None)
     p.add_argument("--contenders", type=words, default=None, help=f"subset of {','.join(CONTENDERS)}")
     p.add_argument("--prompt-tokens", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=1,
+                   help="passes over each file (fresh servers each); a ratio is the median of the passes'")
     p.add_argument("--no-multi-turn", action="store_true")
     p.add_argument("--chat-conversations", type=int, default=4)
     p.add_argument("--chat-turns", type=int, default=4)
@@ -287,6 +300,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--prepare", action="store_true",
                    help="build, install, make and export everything the plan needs, measure nothing")  # fmt: skip
     args = p.parse_args(argv)
+    if args.repeats < 1:
+        p.error("--repeats must be >= 1")
     unknown = [c for c in args.contenders or [] if c not in CONTENDERS]
     if unknown:
         p.error(f"unknown contenders {unknown}; choose from {', '.join(CONTENDERS)}")
@@ -301,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nplot: {report.plot(run, args.replot.with_suffix('.png'))}")
         return 0
     plan, chat = make_plan(args), chat_workload(args)
-    estimate = estimate_seconds(plan, args.prompt_tokens, chat)
+    estimate = estimate_seconds(plan, args.prompt_tokens, chat) * args.repeats
     for g in plan:
         print(f"plan: {g.name} c={','.join(map(str, g.concurrency))} {g.num_requests} requests x {g.output_tokens} "
               f"tokens: {', '.join(g.contenders)}{' + multi-turn' if g.multi_turn else ''}")  # fmt: skip
@@ -311,6 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     run = Run(machine_description(), started, {"prompt_tokens": args.prompt_tokens, "preset": args.preset,
+              "repeats": args.repeats,
               "plan": [vars(g) for g in plan], "chat": vars(chat), "threads": args.threads,
               "estimate_s": estimate})  # fmt: skip
     out = args.out_dir / f"cpu_peers-{time.strftime('%Y%m%d-%H%M', time.gmtime())}.json"

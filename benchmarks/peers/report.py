@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ class Row:
     workload: str = SWEEP
     result: BenchResult | None = None
     status: str = "ok"
+    repeat: int = 0  # which pass over the plan (--repeats): every contender of a group runs once per pass
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -40,7 +42,7 @@ class Row:
     def from_dict(cls, data: dict[str, Any]) -> Row:
         result = BenchResult.from_dict(data["result"]) if data.get("result") else None
         return cls(data["group"], data["contender"], int(data["concurrency"]), data.get("workload", SWEEP),
-                   result, data.get("status", "ok"))  # fmt: skip
+                   result, data.get("status", "ok"), int(data.get("repeat", 0)))  # fmt: skip
 
 
 @dataclass
@@ -57,9 +59,15 @@ class Ratio:
     theirs_value: float
     target: float | None = None
     higher_is_better: bool = True
+    # With repeats: the ratio of each pass (ours and theirs of the same pass); the verdict is on their median, and
+    # ours_value / theirs_value are the medians of each side's values.
+    per_repeat: list[float] = field(default_factory=list)
 
     @property
     def value(self) -> float:
+        if self.per_repeat:
+            finite = [v for v in self.per_repeat if math.isfinite(v)]
+            return statistics.median(finite) if len(finite) == len(self.per_repeat) else math.nan
         ok = self.theirs_value > 0 and math.isfinite(self.ours_value) and math.isfinite(self.theirs_value)
         return self.ours_value / self.theirs_value if ok else math.nan
 
@@ -77,6 +85,9 @@ class Ratio:
         goal = f" (target {sign} {self.target})" if self.target is not None else ""
         where = f"{self.group} {self.workload} c={self.concurrency}"
         value = "-" if math.isnan(self.value) else f"{self.value:.2f}x"
+        if self.per_repeat and not math.isnan(self.value):
+            spread = ", ".join(f"{v:.2f}" for v in self.per_repeat)
+            value = f"{value} (median of {len(self.per_repeat)} passes: {spread})"
         return (f"{self.verdict:<4}  {where}: {self.ours} / {self.theirs} {self.metric} = {value}{goal}; "
                 f"{_fmt(self.ours_value)} vs {_fmt(self.theirs_value)}")  # fmt: skip
 
@@ -134,7 +145,31 @@ def _pair(rows: list[Row], group: str, workload: str, c: int, ours: str, theirs:
 
 
 def ratios(rows: list[Row]) -> list[Ratio]:
-    """Every ratio the rows allow, with the targets of the side-by-side benchmark:
+    """The ratios of `pass_ratios`, per pass when the run has one; with several passes (--repeats), one Ratio per
+    pair whose verdict is on the median of the passes' ratios (each pass pairs ours and theirs of that pass)."""
+    passes = sorted({r.repeat for r in rows})
+    if len(passes) <= 1:
+        return pass_ratios(rows)
+    merged: dict[tuple[str, str, int, str, str, str], list[Ratio]] = {}
+    for repeat in passes:
+        for ratio in pass_ratios([r for r in rows if r.repeat == repeat]):
+            key = (ratio.group, ratio.workload, ratio.concurrency, ratio.ours, ratio.theirs, ratio.metric)
+            merged.setdefault(key, []).append(ratio)
+    out = []
+    for each in merged.values():
+        first = each[0]
+        out.append(Ratio(first.group, first.workload, first.concurrency, first.ours, first.theirs, first.metric,
+                         _median([r.ours_value for r in each]), _median([r.theirs_value for r in each]),
+                         first.target, first.higher_is_better, [r.value for r in each]))  # fmt: skip
+    return out
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values and all(math.isfinite(v) for v in values) else math.nan
+
+
+def pass_ratios(rows: list[Row]) -> list[Ratio]:
+    """Every ratio the rows of one pass allow, with the targets of the side-by-side benchmark:
     ours >= 1.0x llama-server at every concurrency on every file; >= 1.3x on the multi-turn workload; our Q8_0 file
     >= 1.0x OpenVINO int8 at c=8; the default path on a safetensors checkpoint >= 0.95x llama-server on the GGUF
     made from it. Other pairs (OpenVINO at other concurrencies, int4, TTFT) are INFO."""
@@ -160,11 +195,11 @@ def ratios(rows: list[Row]) -> list[Ratio]:
 
 def table(rows: list[Row]) -> str:
     """One line per row: throughput and latency percentiles (ms)."""
-    header = (f"{'file':<11} {'workload':<10} {'contender':<21} {'c':>3} {'ok/fail':>7} {'out tok/s':>9} "
+    header = (f"{'file':<11} {'workload':<10} {'contender':<21} {'c':>3} {'pass':>4} {'ok/fail':>7} {'out tok/s':>9} "
               f"{'TTFT p50':>8} {'TTFT p90':>8} {'TPOT p50':>8} {'TPOT p90':>8}")  # fmt: skip
     lines = [header, "-" * len(header)]
     for row in rows:
-        start = f"{row.group:<11} {row.workload:<10} {row.contender:<21} {row.concurrency:>3}"
+        start = f"{row.group:<11} {row.workload:<10} {row.contender:<21} {row.concurrency:>3} {row.repeat:>4}"
         r = row.result
         if r is None:
             lines.append(f"{start} {row.status}")
@@ -175,13 +210,27 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def median_rows(rows: list[Row]) -> list[Row]:
+    """One row per (file, workload, contender, c), in first-seen order: with repeats, the completed pass whose
+    throughput is the median (the lower middle one for an even count), so a plot draws one line per contender."""
+    cells: dict[tuple[str, str, str, int], list[Row]] = {}
+    for row in rows:
+        cells.setdefault((row.group, row.workload, row.contender, row.concurrency), []).append(row)
+    out = []
+    for cell in cells.values():
+        done = sorted((r for r in cell if r.result is not None and r.result.completed),
+                      key=lambda r: r.result.output_throughput if r.result else 0.0)  # fmt: skip
+        out.append(done[(len(done) - 1) // 2] if done else cell[0])
+    return out
+
+
 def plot(run: Run, path: Path) -> Path:
     """One PNG: a row of panels (tokens/s, TTFT, TPOT vs concurrency, one line per contender) per file and workload,
     the machine and the run's shapes and quants in the title."""
     from qwen3_api.bench.plot import plot_groups
 
     groups: dict[str, dict[str, list[BenchResult]]] = {}
-    for row in run.rows:
+    for row in median_rows(run.rows):
         if row.result is not None and row.result.completed:
             label = row.group if row.workload == SWEEP else f"{row.group} {row.workload}"
             groups.setdefault(label, {}).setdefault(row.contender, []).append(row.result)

@@ -92,3 +92,23 @@ def test_prepare_makes_the_file_and_measures_nothing(tmp_path: Path, capsys: pyt
     gguf = converted_path(cached_test_model("tiny"), "q8_0")
     assert gguf.is_file() and f"tiny Q8_0: {gguf}" in capsys.readouterr().out
     assert list(tmp_path.iterdir()) == []  # no rows, no JSON, no plot
+
+
+def test_repeats_run_every_contender_once_per_pass_in_alternating_order(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    argv = ["--shapes", "tiny", "--qtypes", "Q8_0", "--contenders", "ours,llama-server", "--concurrency", "1",
+            "--num-requests", "1", "--output-tokens", "2", "--no-multi-turn", "--no-build", "--repeats", "2",
+            "--cache-dir", str(tmp_path / "no-build"), "--out-dir", str(tmp_path / "out")]  # fmt: skip
+    assert cpu_peers.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "pass 1 of 2: llama-server, ours" in out and "pass 2 of 2: ours, llama-server" in out
+    (saved,) = (tmp_path / "out").glob("cpu_peers-*.json")
+    rows = json.loads(saved.read_text())["rows"]
+    ours = [(r["repeat"], r["result"]["completed"]) for r in rows if r["contender"] == OURS]
+    assert ours == [(0, 1), (1, 1)]  # a real server each pass, one completed request each
+    theirs = [(r["repeat"], r["status"].startswith("failed")) for r in rows if r["contender"] == LLAMA_SERVER]
+    assert theirs == [(0, True), (1, True)]
+    assert "median of 2 passes" not in out  # llama-server never ran: a skip, not a ratio of nothing

@@ -96,3 +96,51 @@ def test_a_run_with_nothing_completed_has_no_plot(tmp_path: Path) -> None:
     run = Run("cpu", "now", {}, [Row("g", OURS, 1, status="failed: boom")])
     with pytest.raises(ValueError, match="no completed rows"):
         report.plot(run, tmp_path / "x.png")
+
+
+def repeated_rows() -> list[Row]:
+    """Three passes over one file: ours 20/30/22 tok/s against theirs 25/20/20 at c=1 (ratios 0.8, 1.5, 1.1)."""
+    rows = []
+    for repeat, (ours, theirs) in enumerate([(20.0, 25.0), (30.0, 20.0), (22.0, 20.0)]):
+        rows += [Row("0.6b Q8_0", OURS, 1, result=result(ours), repeat=repeat),
+                 Row("0.6b Q8_0", LLAMA_SERVER, 1, result=result(theirs), repeat=repeat)]  # fmt: skip
+    return rows
+
+
+def test_repeats_give_one_ratio_on_the_median_of_the_passes() -> None:
+    ratios = report.ratios(repeated_rows())
+    assert len(ratios) == 1
+    ratio = ratios[0]
+    assert ratio.per_repeat == pytest.approx([0.8, 1.5, 1.1])
+    # the median of the per-pass ratios (1.1), not the ratio of the medians (22 / 20 = 1.1 here too) nor the mean
+    assert ratio.value == pytest.approx(1.1) and ratio.verdict == "PASS"
+    assert (ratio.ours_value, ratio.theirs_value) == (22.0, 20.0)
+    assert "1.10x (median of 3 passes: 0.80, 1.50, 1.10)" in ratio.line()
+
+
+def test_repeats_pair_ours_and_theirs_of_the_same_pass() -> None:
+    # Ratios of the medians would be 30 / 25 = 1.2; each pass's own pair gives 0.8, 1.2, 1.0 -> median 1.0.
+    rows = []
+    for repeat, (ours, theirs) in enumerate([(20.0, 25.0), (30.0, 25.0), (40.0, 40.0)]):
+        rows += [Row("g", OURS, 1, result=result(ours), repeat=repeat),
+                 Row("g", LLAMA_SERVER, 1, result=result(theirs), repeat=repeat)]  # fmt: skip
+    (ratio,) = report.ratios(rows)
+    assert ratio.value == pytest.approx(1.0) and ratio.per_repeat == pytest.approx([0.8, 1.2, 1.0])
+
+
+def test_a_failed_pass_makes_the_repeated_ratio_a_skip() -> None:
+    rows = repeated_rows()
+    rows[2] = Row("0.6b Q8_0", OURS, 1, status="failed: boom", repeat=1)
+    (ratio,) = report.ratios(rows)
+    assert ratio.verdict == "SKIP" and math.isnan(ratio.value)
+
+
+def test_repeats_survive_a_save_and_the_plot_takes_the_median_pass(tmp_path: Path) -> None:
+    run = Run("cpu", "now", {"repeats": 3}, repeated_rows())
+    run.save(tmp_path / "run.json")
+    loaded = Run.load(tmp_path / "run.json")
+    assert [r.repeat for r in loaded.rows] == [0, 0, 1, 1, 2, 2]
+    assert "per_repeat" in json.loads((tmp_path / "run.json").read_text())["ratios"][0]
+    picked = {r.contender: r.result.output_throughput for r in report.median_rows(loaded.rows) if r.result}
+    assert picked == {OURS: 22.0, LLAMA_SERVER: 20.0}
+    assert report.plot(loaded, tmp_path / "run.png").is_file()
