@@ -9,7 +9,8 @@ return it whole, or to repeat a text exactly (a different one per request). Rows
 - off: plain decode;
 - ngram: `--speculative ngram` as served (auto-off once more than `--speculative-max-batch` sequences decode);
 - ngram forced: the same with the auto-off threshold raised to c, to show what speculation does to a full batch.
-Columns: decode tok/s (c = 1: output tokens after the first / time after the first token; c > 1: all output
+Last, the cost side: one forward of 1 + k tokens on a lone sequence for k = 0..K, and the best case of each (every
+draft kept). Columns: decode tok/s (c = 1: output tokens after the first / time after the first token; c > 1: all output
 tokens / wall time), steps, drafts proposed / accepted and the acceptance rate, and whether every output equals
 the plain row's token for token. Target (issue 10): c = 1 ngram >= 1.5x off, identical greedy output.
 Timings on 2 cores collapse when another process competes: say so when the machine was not idle.
@@ -18,12 +19,15 @@ Timings on 2 cores collapse when another process competes: say so when the machi
 from __future__ import annotations
 
 import argparse
+import statistics
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from qwen3_api.config import Settings
 from qwen3_api.engine.llm_engine import LLMEngine
+from qwen3_api.engine.protocols import BatchEntry
 from qwen3_api.engine.sampling import SamplingParams
 from qwen3_api.engine.tokenizer import Tokenizer
 from qwen3_api.runtime.llamacpp_engine import build_llamacpp_engine
@@ -98,6 +102,25 @@ def run_row(name: str, engine: LLMEngine, prompts: list[list[int]], max_tokens: 
     return Row(name, tok_per_s, engine.num_steps - steps_before, drafts, accepted, outputs)
 
 
+def verify_costs(engine: LLMEngine, max_drafts: int, context: int = 100, repeats: int = 15) -> dict[int, float]:
+    """Median ms of one `forward` of 1 + k tokens with logits at each (a verify decode with k drafts) on a lone
+    sequence of `context` cached tokens, for k = 0..max_drafts: the cost side of speculation on this machine."""
+    runner = engine.runner
+    prompt = [(i * 37) % 1000 + 100 for i in range(context)]  # unlike any workload prompt: no prefix hits later
+    runner.forward([BatchEntry(prompt, 0, [], True, "verify-probe")])
+    costs = {}
+    for k in range(max_drafts + 1):
+        times = []
+        for rep in range(repeats):
+            tokens = [prompt[(rep + j) % context] for j in range(1 + k)]
+            started = time.perf_counter()
+            runner.forward([BatchEntry(tokens, context, [], True, "verify-probe", num_draft_tokens=k)])
+            times.append((time.perf_counter() - started) * 1000)
+        costs[k] = statistics.median(times)
+    runner.release(["verify-probe"])
+    return costs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gguf", type=Path, help="default: SmolLM2-135M-Instruct from the test-model cache")
@@ -108,6 +131,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="llama.cpp threads; default all cores")
     args = parser.parse_args()
     if args.gguf is None:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for tests.real_model
         from tests.real_model import smollm2_gguf
 
         args.gguf = smollm2_gguf()
@@ -148,6 +172,12 @@ def main() -> None:
             ratio = rows[1].tok_per_s / plain.tok_per_s
             ok = ratio >= 1.5 and rows[1].outputs == plain.outputs
             print(f"{'PASS' if ok else 'FAIL'}: c=1 ngram decode {ratio:.2f}x off (target >= 1.5x, identical output)")
+    # Last: the probe's cells stay in the shared pool, and where a later sequence's cells land changes its numerics.
+    num_drafts = Settings(**base).num_speculative_tokens  # type: ignore[arg-type]
+    costs = verify_costs(engines["off"], num_drafts)
+    print("one sequence, 100 tokens cached: forward of 1 + k tokens (k drafts), ms; best case = every draft kept")
+    for k, ms in costs.items():
+        print(f"  k={k}: {ms:5.1f} ms = {ms / costs[0]:4.2f}x one token; best case {(1 + k) * costs[0] / ms:4.2f}x")
 
 
 if __name__ == "__main__":
