@@ -173,8 +173,8 @@ def main() -> None:
             ok = ratio >= 1.5 and rows[1].outputs == plain.outputs
             print(f"{'PASS' if ok else 'FAIL'}: c=1 ngram decode {ratio:.2f}x off (target >= 1.5x, identical output)")
     # Last: the probe's cells stay in the shared pool, and where a later sequence's cells land changes its numerics.
-    num_drafts = Settings(**base).num_speculative_tokens  # type: ignore[arg-type]
-    costs = verify_costs(engines["off"], num_drafts)
+    # On the ngram engine: its context reserves a logits row per draft token (the plain one only one per sequence).
+    costs = verify_costs(engines["ngram"], engines["ngram"].speculator.config.num_tokens)  # type: ignore[union-attr]
     print("one sequence, 100 tokens cached: forward of 1 + k tokens (k drafts), ms; best case = every draft kept")
     for k, ms in costs.items():
         print(f"  k={k}: {ms:5.1f} ms = {ms / costs[0]:4.2f}x one token; best case {(1 + k) * costs[0] / ms:4.2f}x")

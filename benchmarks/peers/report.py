@@ -66,8 +66,7 @@ class Ratio:
     @property
     def value(self) -> float:
         if self.per_repeat:
-            finite = [v for v in self.per_repeat if math.isfinite(v)]
-            return statistics.median(finite) if len(finite) == len(self.per_repeat) else math.nan
+            return _median(self.per_repeat)
         ok = self.theirs_value > 0 and math.isfinite(self.ours_value) and math.isfinite(self.theirs_value)
         return self.ours_value / self.theirs_value if ok else math.nan
 

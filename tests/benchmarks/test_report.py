@@ -112,7 +112,7 @@ def test_repeats_give_one_ratio_on_the_median_of_the_passes() -> None:
     assert len(ratios) == 1
     ratio = ratios[0]
     assert ratio.per_repeat == pytest.approx([0.8, 1.5, 1.1])
-    # the median of the per-pass ratios (1.1), not the ratio of the medians (22 / 20 = 1.1 here too) nor the mean
+    # the median of the per-pass ratios, not their mean (1.13); each side's value is its own median
     assert ratio.value == pytest.approx(1.1) and ratio.verdict == "PASS"
     assert (ratio.ours_value, ratio.theirs_value) == (22.0, 20.0)
     assert "1.10x (median of 3 passes: 0.80, 1.50, 1.10)" in ratio.line()

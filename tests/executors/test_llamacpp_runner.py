@@ -246,6 +246,19 @@ def test_a_gap_in_positions_is_rejected(runner: LlamaCppModelRunner) -> None:
         runner.forward([BatchEntry([4], 5, [], True, "g")])
 
 
+def test_more_logits_rows_than_the_context_reserved_are_refused_before_llama_cpp_aborts(model_name: str) -> None:
+    # No drafts reserved: one row per sequence. llama.cpp itself would abort the process on the 4-row batch.
+    lone = LlamaCppModelRunner(gguf_of(model_name, "Q8_0"), max_num_seqs=1, max_model_len=MAX_MODEL_LEN)
+    try:
+        first = lone.forward([BatchEntry([1, 2, 3], 0, [], True, "d")])
+        with pytest.raises(ValueError, match="4 logits rows, more than the 1 this context reserved"):
+            lone.forward([BatchEntry([4, 5, 6, 7], 3, [], True, "d", num_draft_tokens=3)])
+        again = lone.forward([BatchEntry([1, 2, 3], 0, [], True, "d")])  # nothing reached llama.cpp: still usable
+        assert torch.equal(again, first)
+    finally:
+        lone.close()
+
+
 def test_more_requests_than_sequences_is_an_engine_error(runner: LlamaCppModelRunner) -> None:
     runner.forward([BatchEntry([1], 0, [], True, f"s{i}") for i in range(4)])
     with pytest.raises(EngineError, match="only 0 free llama.cpp sequences"):

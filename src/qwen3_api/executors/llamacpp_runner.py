@@ -149,7 +149,7 @@ class LlamaCppModelRunner:
         # Without this cap, llama.cpp reserves logits for every batch position (n_batch x vocab floats, ~300 MB at
         # 512 x 151,936). A step asks for at most one row per running sequence, plus one per draft token; llama.cpp
         # itself reserves one row per sequence id (0.6 MB each for Qwen3's vocabulary).
-        params.n_outputs_max = max(min(max_num_seqs * (1 + max_draft_tokens), n_batch), num_slots)
+        params.n_outputs_max = self.n_outputs_max = max(min(max_num_seqs * (1 + max_draft_tokens), n_batch), num_slots)
         params.n_threads = self.n_threads
         params.n_threads_batch = self.n_threads_batch
         params.no_perf = True
@@ -355,6 +355,12 @@ class LlamaCppModelRunner:
 
     def _check_batch(self, batch: list[BatchEntry]) -> None:
         """Reject malformed entries before anything reaches llama.cpp, which would abort the process on some."""
+        rows = sum(1 + e.num_draft_tokens for e in batch if e.need_logits)
+        if rows > self.n_outputs_max:
+            raise ValueError(
+                f"the batch asks for {rows} logits rows, more than the {self.n_outputs_max} this context reserved "
+                "(max_num_seqs x (1 + max_draft_tokens))"
+            )
         seen: set[str] = set()
         for i, entry in enumerate(batch):
             if not entry.token_ids:
