@@ -94,7 +94,7 @@ def serve(
         Optional[float], typer.Option(help="share of available memory for llama.cpp KV [default 0.5]")
     ] = None,
     llamacpp_kv_unified: Annotated[
-        Optional[bool], typer.Option(help="one KV pool for all llama.cpp sequences [default on]")
+        Optional[bool], typer.Option(help="one KV pool for all llama.cpp sequences [auto: off if all fit in full]")
     ] = None,
     llamacpp_retained_sequences: Annotated[
         Optional[int], typer.Option(help="finished conversations kept in the llama.cpp pool [0]")

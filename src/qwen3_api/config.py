@@ -72,9 +72,11 @@ class Settings(BaseSettings):
         0.5, gt=0, lt=1, description="share of available memory (less the weights) for llama.cpp KV when "
         "--kv-cache-memory is unset",
     )  # fmt: skip
-    llamacpp_kv_unified: bool = Field(
-        True, description="one KV pool for all llama.cpp sequences (a long request uses what idle ones do not); "
-        "off: each sequence owns an equal share",
+    llamacpp_kv_unified: bool | None = Field(
+        None, description="one KV pool for all llama.cpp sequences (a long request uses what idle ones do not); "
+        "off: each sequence owns max_model_len cells (attention spans only its own: faster decode with many "
+        "sequences); unset: off when every sequence fits at full length in the KV budget and no finished "
+        "conversations are kept, else on",
     )  # fmt: skip
     llamacpp_retained_sequences: int = Field(
         0, ge=0, le=255, description="finished conversations whose KV stays in the shared llama.cpp pool for "
@@ -83,8 +85,9 @@ class Settings(BaseSettings):
         "With --max-num-seqs at most 256 (llama.cpp's limit)",
     )  # fmt: skip
     llamacpp_flash_attention: Literal["auto", "on", "off"] = Field(
-        "auto", description="llama.cpp flash attention; auto: on with the shared KV pool, off with per-sequence KV "
-        "(where it would make a sequence's logits depend on its batch-mates)",
+        "auto", description="llama.cpp flash attention; auto: on, except with per-sequence KV asked for "
+        "(--no-llamacpp-kv-unified), the batch-invariant setting, where it would make a sequence's logits depend "
+        "on its batch-mates",
     )  # fmt: skip
     llamacpp_threads: int | None = Field(None, ge=1, description="llama.cpp decode threads; default all cores")
     llamacpp_threads_batch: int | None = Field(
@@ -111,7 +114,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _retained_needs_pool(self) -> Settings:
-        if self.llamacpp_retained_sequences and not self.llamacpp_kv_unified:
+        if self.llamacpp_retained_sequences and self.llamacpp_kv_unified is False:
             raise ValueError(
                 "llamacpp_retained_sequences needs the shared KV pool (llamacpp_kv_unified): with per-sequence KV "
                 "every extra sequence would take its share of the cells from the running ones"

@@ -231,6 +231,27 @@ def test_released_slot_is_reused_and_starts_clean(runner: LlamaCppModelRunner) -
     assert torch.equal(again, fresh)
 
 
+def test_entries_out_of_sequence_order_get_their_own_rows_back_in_batch_order(model_name: str) -> None:
+    """Per-sequence KV hands llama.cpp the tokens sorted by sequence id; the rows come back in batch order."""
+    a, b, c = prompts(6, seed=18)[3:6]
+    runners = [LlamaCppModelRunner(gguf_of(model_name, "Q8_0"), max_num_seqs=4, max_model_len=MAX_MODEL_LEN)
+               for _ in range(2)]  # fmt: skip
+    try:
+        for each in runners:
+            each.forward([BatchEntry(p, 0, [], True, name) for name, p in (("a", a), ("b", b), ("c", c))])
+        in_order, reversed_ = runners
+        assert [in_order.slot_of(name) for name in "abc"] == [0, 1, 2]
+        step = {"a": BatchEntry([7, 8], len(a), [], True, "a"), "b": BatchEntry([9], len(b), [], False, "b"),
+                "c": BatchEntry([5, 6, 4], len(c), [], True, "c", num_draft_tokens=2)}  # fmt: skip
+        expected = in_order.forward([step["a"], step["b"], step["c"]])  # rows: a, then c's 3
+        got = reversed_.forward([step["c"], step["b"], step["a"]])  # rows: c's 3, then a
+        assert got.shape == expected.shape == (4, in_order.vocab_size)
+        assert torch.equal(got[:3], expected[1:]) and torch.equal(got[3], expected[0])
+    finally:
+        for each in runners:
+            each.close()
+
+
 def test_restart_from_position_0_recomputes(runner: LlamaCppModelRunner) -> None:
     prompt = prompts(6, seed=17)[5]
     first = runner.forward([BatchEntry(prompt, 0, [], True, "p")])

@@ -216,3 +216,47 @@ def test_restored_slots_are_retained_hottest_last_and_reused() -> None:
     before = p.num_retentions
     p.release("b")
     assert p.num_retentions == before + 1
+
+
+def live_runs(p: SlotPool, request_ids: list[str]) -> int:
+    """Runs of consecutive sequence ids among the requests' slots (what llama.cpp packs into one physical batch)."""
+    ids = sorted(slot.seq_id for r in request_ids if (slot := p.slot_of(r)) is not None)
+    return 1 + sum(1 for a, b in zip(ids, ids[1:], strict=False) if b != a + 1)
+
+
+def test_a_compact_pool_keeps_live_sequences_in_one_run_as_requests_come_and_go() -> None:
+    for compact, worst in ((True, 1), (False, 3)):
+        p = SlotPool(8, reuse_prefixes=True, min_reuse_tokens=16, min_copy_tokens=64, compact=compact)
+        live: list[str] = []
+        most = 0
+        # Two requests at a time finish out of order; each is replaced by a new one with an unrelated prompt.
+        for step in range(12):
+            while len(live) < 4:
+                request_id = f"r{step}-{len(live)}"
+                run_request(p, request_id, [5000 + step * 10 + len(live)] * 20)
+                live.append(request_id)
+            most = max(most, live_runs(p, live))
+            for request_id in (live[1], live[3]) if step % 2 else (live[0], live[2]):
+                p.release(request_id)
+                live.remove(request_id)
+        assert most == worst if compact else most >= worst, (compact, most)
+
+
+def test_a_compact_pool_fills_a_hole_and_otherwise_extends_a_run_from_an_empty_slot() -> None:
+    for compact in (True, False):
+        p = SlotPool(6, reuse_prefixes=True, min_reuse_tokens=16, min_copy_tokens=64, compact=compact)
+        for request_id, token in (("a", 1), ("b", 2), ("c", 3)):
+            run_request(p, request_id, [token] * 40)
+        p.release("b")  # slot 1 keeps b's conversation; live: 0 and 2
+        run_request(p, "d", [9] * 40)
+        slot = p.slot_of("d")
+        assert slot is not None
+        if not compact:  # an empty slot first: the hole at 1 stays, two physical batches every step
+            assert slot.seq_id == 3 and live_runs(p, ["a", "c", "d"]) == 2
+            continue
+        assert slot.seq_id == 1 and p.num_retained == 0 and live_runs(p, ["a", "c", "d"]) == 1
+        p.release("a")  # slot 0 keeps a's conversation; live: 1 and 2; empty: 3, 4, 5
+        run_request(p, "e", [11] * 40)
+        slot = p.slot_of("e")
+        assert slot is not None and slot.seq_id == 3  # extends the run from an empty slot; a's cells stay
+        assert p.num_retained == 1 and p.lookup("a2", [1] * 40 + [7]) == 40

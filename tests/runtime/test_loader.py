@@ -57,6 +57,22 @@ def test_kv_budget_is_a_share_of_available_memory_less_the_weights() -> None:
     # One shared pool: a single sequence may grow to the model's context, the pool holds what the budget allows.
     assert plan.max_model_len == 40960 and plan.cells == min(total, 4 * 40960)
     assert "50% of 22.0 GiB available less 2.0 GiB of weights" in plan.source
+    assert plan.unified  # 4 x 40,960 tokens do not fit in 93,622 cells
+
+
+def test_the_layout_is_per_sequence_where_every_sequence_fits_at_full_length() -> None:
+    fits = Settings(model="m", max_num_seqs=16, max_model_len=1024)  # 16,384 of 93,622 cells
+    plan = llamacpp_kv_plan(fits, METADATA, model_bytes=2 * GIB, available_bytes=22 * GIB)
+    assert not plan.unified and plan.cells == 16 * 1024 and plan.max_model_len == 1024
+    # Past the budget the shared pool keeps the full length for whichever sequence needs it.
+    long = fits.model_copy(update={"max_model_len": 8192})  # 131,072 cells wanted
+    plan = llamacpp_kv_plan(long, METADATA, model_bytes=2 * GIB, available_bytes=22 * GIB)
+    assert plan.unified and plan.max_model_len == 8192 and plan.cells == int(0.5 * 20 * GIB // 114_688)
+    # Kept conversations need the pool; a layout asked for is taken as it is.
+    keeping = fits.model_copy(update={"llamacpp_retained_sequences": 4})
+    assert llamacpp_kv_plan(keeping, METADATA, model_bytes=2 * GIB, available_bytes=22 * GIB).unified
+    asked = fits.model_copy(update={"llamacpp_kv_unified": True})
+    assert llamacpp_kv_plan(asked, METADATA, model_bytes=2 * GIB, available_bytes=22 * GIB).unified
 
 
 def test_per_sequence_kv_splits_the_budget_evenly() -> None:
@@ -80,7 +96,7 @@ def test_a_machine_without_memory_to_spare_is_refused() -> None:
 
 def test_the_shared_pool_has_room_for_the_conversations_it_keeps() -> None:
     # Cells for every sequence id at full length: the 4 running ones, and the 16 kept for finished conversations.
-    settings = Settings(model="m", max_num_seqs=4, max_model_len=1024)
+    settings = Settings(model="m", max_num_seqs=4, max_model_len=1024, llamacpp_kv_unified=True)
     assert llamacpp_kv_plan(settings, METADATA, model_bytes=2 * GIB, available_bytes=22 * GIB).cells == 4 * 1024
     keeping = settings.model_copy(update={"llamacpp_retained_sequences": 16})
     assert llamacpp_kv_plan(keeping, METADATA, model_bytes=2 * GIB, available_bytes=22 * GIB).cells == 20 * 1024

@@ -18,6 +18,7 @@ position).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import math
 import os
@@ -176,7 +177,7 @@ class LlamaCppModelRunner:
         self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
         self._pool = SlotPool(
             num_slots, reuse_prefixes=reuse_prefixes, min_reuse_tokens=min_reuse_tokens,
-            min_copy_tokens=min_copy_tokens,
+            min_copy_tokens=min_copy_tokens, compact=not kv_unified,
         )  # fmt: skip
         logger.info(
             "llama.cpp: %s, vocab %d, %d sequences (+%d for finished ones' prefixes), %s KV of %d %s cells, batch "
@@ -299,15 +300,25 @@ class LlamaCppModelRunner:
             return logits
         self._check_batch(batch)
         # Flatten to (token, position, seq id, wants logits); slots are resolved (and stale cells cleared) first.
+        # With per-sequence KV, entries go to llama.cpp in sequence-id order: it packs only runs of consecutive
+        # sequence ids into one physical batch, and each extra one reads every weight again. (The shared pool
+        # takes any order; its cells, and so its logits, follow the order, which is kept.)
+        seq_ids = self._assign_slots(batch)
+        order = list(range(len(batch))) if self.kv_unified else sorted(range(len(batch)), key=seq_ids.__getitem__)
         tokens: list[tuple[int, int, int, bool]] = []
-        for entry, seq_id in zip(batch, self._assign_slots(batch), strict=True):
+        for index in order:
+            entry, seq_id = batch[index], seq_ids[index]
             first_output = len(entry.token_ids) - 1 - entry.num_draft_tokens
             for i, token_id in enumerate(entry.token_ids):
                 tokens.append((token_id, entry.start_position + i, seq_id, entry.need_logits and i >= first_output))
+        in_order = order == sorted(order)
+        target = logits if in_order else torch.empty_like(logits)
         row = 0
         try:
             for begin in range(0, len(tokens), self.n_batch):
-                row = self._decode(tokens[begin : begin + self.n_batch], logits, row)
+                row = self._decode(tokens[begin : begin + self.n_batch], target, row)
+            if not in_order:
+                self._unsort_rows(batch, order, target, logits)
         except Exception:
             # Earlier sub-batches may have written cells: drop everything past what each slot records, so the
             # request can be retried from its start position.
@@ -319,6 +330,14 @@ class LlamaCppModelRunner:
         for entry in batch:
             self._pool.record(entry.request_id, entry.start_position, entry.token_ids)
         return logits
+
+    @staticmethod
+    def _unsort_rows(batch: list[BatchEntry], order: list[int], decoded: torch.Tensor, logits: torch.Tensor) -> None:
+        """Put rows decoded in `order` (of batch entries) back in batch order."""
+        widths = [1 + e.num_draft_tokens if e.need_logits else 0 for e in batch]
+        starts = [0, *itertools.accumulate(widths)]
+        rows = [starts[index] + k for index in order for k in range(widths[index])]
+        logits[rows] = decoded
 
     def _decode(self, tokens: list[tuple[int, int, int, bool]], logits: torch.Tensor, row: int) -> int:
         """One `llama_decode` of at most n_batch tokens; copies its logits into `logits` from `row` on."""

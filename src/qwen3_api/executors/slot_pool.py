@@ -15,6 +15,12 @@ our paged blocks are; it can be *kept* and *copied*:
   0.6b shape, so ~270 MB for 2,340 cells — which on a CPU is still far cheaper than prefilling 64 tokens (a
   quarter of a second for that shape), hence the `min_copy_tokens` floor.
 
+With per-sequence KV, llama.cpp computes only runs of consecutive sequence ids in one physical batch (each stream
+is a slice of its K/V tensors), and every extra physical batch reads all the weights again: a `compact` pool gives
+a new request the free slot that leaves the fewest runs of live ids: one filling a hole first (even if it holds a
+kept conversation: a hole costs every step), then one extending a run, into a hole before past the ends; among
+equals empty before retained, least recently used first.
+
 The scheduler learns a hit through `lookup` (wired as the KV cache manager's prefix source), which records a
 promise; `assign` then honours it in the same step. Promises live for one step.
 """
@@ -74,7 +80,7 @@ class SlotPool:
     """Slots of live requests, retained slots (prefix cache) and free ones; see the module docstring."""
 
     def __init__(self, num_slots: int, *, reuse_prefixes: bool, min_reuse_tokens: int = 16,
-                 min_copy_tokens: int = 64) -> None:  # fmt: skip
+                 min_copy_tokens: int = 64, compact: bool = False) -> None:  # fmt: skip
         if num_slots < 1:
             raise ValueError(f"num_slots must be >= 1, got {num_slots}")
         if min_reuse_tokens < 1 or min_copy_tokens < min_reuse_tokens:
@@ -83,6 +89,7 @@ class SlotPool:
         self.reuse_prefixes = reuse_prefixes
         self.min_reuse_tokens = min_reuse_tokens
         self.min_copy_tokens = min_copy_tokens
+        self.compact = compact
         self._live: dict[str, Slot] = {}
         self._retained: OrderedDict[int, Slot] = OrderedDict()  # by seq id, least recently released first
         self._empty = list(range(num_slots - 1, -1, -1))  # pop() hands out 0 first
@@ -186,7 +193,10 @@ class SlotPool:
         self._live[request_id] = slot
 
     def _take_free(self, busy: set[int], ops: list[SlotOp]) -> Slot | None:
-        """An empty slot, else the least recently retained one not in `busy` (its cells cleared); None if none."""
+        """An empty slot, else the least recently retained one not in `busy` (its cells cleared); None if none.
+        A compact pool first looks at where the slot would sit among the live ones (module docstring)."""
+        if self.compact:
+            return self._take_compact(busy, ops)
         if self._empty:
             return Slot(self._empty.pop())
         for seq_id in self._retained:
@@ -195,6 +205,29 @@ class SlotPool:
                 ops.append(SlotOp("trim", seq_id, 0))
                 return Slot(seq_id)
         return None
+
+    def _take_compact(self, busy: set[int], ops: list[SlotOp]) -> Slot | None:
+        live = {slot.seq_id for slot in self._live.values()}
+        empty = set(self._empty)
+        age = {seq_id: rank for rank, seq_id in enumerate(self._retained)}  # 0: least recently released
+        candidates = [*empty, *(seq_id for seq_id in self._retained if seq_id not in busy)]
+        if not candidates:
+            return None
+
+        low, high = (min(live), max(live)) if live else (-1, self.num_slots)
+
+        def cost(seq_id: int) -> tuple[int, bool, bool, int, int]:
+            new_runs = 1 - (seq_id - 1 in live) - (seq_id + 1 in live)  # -1 fills a hole, 0 extends a run
+            outside = not low < seq_id < high  # inside, it narrows a hole the next request can close
+            return new_runs, outside, seq_id not in empty, age.get(seq_id, 0), seq_id
+
+        seq_id = min(candidates, key=cost)
+        if seq_id in empty:
+            self._empty.remove(seq_id)
+        else:
+            self._retained.pop(seq_id)
+            ops.append(SlotOp("trim", seq_id, 0))
+        return Slot(seq_id)
 
     # -- bookkeeping ---------------------------------------------------------------------------------------
 

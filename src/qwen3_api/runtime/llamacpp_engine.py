@@ -13,7 +13,7 @@ from qwen3_api.engine.llm_engine import LLMEngine
 from qwen3_api.engine.sequence import Sequence
 from qwen3_api.engine.speculative import Speculator, speculative_config
 from qwen3_api.engine.tokenizer import Tokenizer
-from qwen3_api.executors.llamacpp_options import flash_attention_for, retained_sequences_for
+from qwen3_api.executors.llamacpp_options import flash_attention_for, kv_unified_for, retained_sequences_for
 from qwen3_api.executors.llamacpp_runner import LlamaCppModelRunner
 from qwen3_api.runtime.assembly import assemble_engine
 
@@ -32,14 +32,15 @@ def build_llamacpp_engine(
 ) -> LLMEngine:
     """Our engine (scheduler, sampler, structured output) on a llama.cpp runner for a GGUF file.
 
-    `kv_cells` sizes the shared pool when `settings.llamacpp_kv_unified` (default: every sequence at full length).
+    `kv_cells` is the KV budget in cells (default: every sequence at full length); it sizes the shared pool, and
+    with `llamacpp_kv_unified` unset it decides the layout (`kv_unified_for`).
     """
     # torch only samples here. Its OpenMP threads and llama.cpp's (a second OpenMP runtime) spin-wait for work;
     # on few cores they starve each other: measured 3 vs 271 tok/s on the tiny model, 2 cores, in the server.
     torch.set_num_threads(1)
     max_num_seqs = settings.max_num_seqs
     step_tokens = max(settings.max_num_batched_tokens, max_num_seqs)
-    unified = settings.llamacpp_kv_unified
+    unified = kv_unified_for(settings, kv_cells, max_model_len)
     runner = LlamaCppModelRunner(
         gguf_path, max_num_seqs=max_num_seqs, max_model_len=max_model_len,
         n_threads=n_threads or settings.llamacpp_threads, n_threads_batch=settings.llamacpp_threads_batch,

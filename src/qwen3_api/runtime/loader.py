@@ -16,7 +16,7 @@ from qwen3_api.engine.async_engine import AsyncEngine
 from qwen3_api.engine.core import EngineCore
 from qwen3_api.engine.tokenizer import Tokenizer
 from qwen3_api.errors import ModelLoadError
-from qwen3_api.executors.llamacpp_options import retained_sequences_for
+from qwen3_api.executors.llamacpp_options import flash_attention_for, kv_unified_for, retained_sequences_for
 from qwen3_api.models.identity import model_identity
 from qwen3_api.runtime.source import canonical_model_name, resolve_gguf_model, resolve_model
 
@@ -181,14 +181,16 @@ class LlamaCppKVPlan:
     max_model_len: int
     budget_gib: float
     source: str  # where the budget came from, for the log
+    unified: bool  # one pool for all sequences, else a stream of max_model_len cells each (`kv_unified_for`)
 
 
 def llamacpp_kv_plan(
     settings: Settings, metadata: dict[str, object], model_bytes: int, available_bytes: int | None = None
 ) -> LlamaCppKVPlan:
     """The llama.cpp KV budget: `--kv-cache-memory` GiB, else `llamacpp_kv_memory_share` of the memory available
-    after the (memory-mapped) weights. With one shared pool (`llamacpp_kv_unified`) a single sequence may use all
-    of it; per-sequence pools split it evenly."""
+    after the (memory-mapped) weights, and the layout (`kv_unified_for`: per-sequence when every sequence fits at
+    full length, unless set). With one shared pool a single sequence may use all of it; per-sequence pools split
+    it evenly."""
     arch = str(metadata.get("general.architecture", "qwen3"))
     context = int(metadata.get(f"{arch}.context_length", 32768))  # type: ignore[call-overload]
     layers = int(metadata.get(f"{arch}.block_count", 1))  # type: ignore[call-overload]
@@ -207,7 +209,8 @@ def llamacpp_kv_plan(
         )
     total = int(budget // bytes_per_token)
     wanted = min(settings.max_model_len or context, context)
-    per_sequence = total if settings.llamacpp_kv_unified else total // settings.max_num_seqs
+    unified = kv_unified_for(settings, total, wanted)
+    per_sequence = total if unified else total // settings.max_num_seqs
     if per_sequence < 64:
         raise ModelLoadError(
             f"a KV budget of {budget / 2**30:.2f} GiB ({source}) is too small for {settings.max_num_seqs} sequences"
@@ -215,16 +218,16 @@ def llamacpp_kv_plan(
     if per_sequence < wanted:
         logger.warning(
             "KV budget %.2f GiB holds %d tokens %s: max_model_len lowered from %d",
-            budget / 2**30, per_sequence, "in all" if settings.llamacpp_kv_unified else "per sequence", wanted,
+            budget / 2**30, per_sequence, "in all" if unified else "per sequence", wanted,
         )  # fmt: skip
     max_model_len = min(wanted, per_sequence)
     # More cells than every sequence id at full length could use (the running ones and those that keep finished
     # conversations for prefix reuse) are never needed.
     sequences = settings.max_num_seqs + retained_sequences_for(settings, settings.max_num_seqs)
     cells = min(total, sequences * max_model_len)
-    if not settings.llamacpp_kv_unified:
+    if not unified:
         cells = settings.max_num_seqs * max_model_len
-    return LlamaCppKVPlan(cells, max_model_len, cells * bytes_per_token / 2**30, source)
+    return LlamaCppKVPlan(cells, max_model_len, cells * bytes_per_token / 2**30, source, unified)
 
 
 def _load_gguf_engine(settings: Settings, model_name: str, started: float, faults: Faults | None) -> AsyncEngine:
@@ -250,12 +253,19 @@ def _serve_gguf(
     metadata = read_gguf_metadata(path)
     tokenizer = tokenizer or Tokenizer.from_gguf(path, metadata)
     plan = llamacpp_kv_plan(settings, metadata, path.stat().st_size)
+    layout = "one pool shared by all sequences" if plan.unified else "split evenly per sequence"
+    if settings.llamacpp_kv_unified is None:
+        layout += " (chosen: " + ("every sequence fits at full length" if not plan.unified else
+                                  "kept conversations" if settings.llamacpp_retained_sequences else
+                                  "not every sequence fits at full length") + ")"  # fmt: skip
     logger.info(
         "llama.cpp KV: %d %s cells (%.2f GiB; budget from %s), %s, max_model_len %d",
-        plan.cells, settings.kv_cache_dtype, plan.budget_gib, plan.source,
-        "one pool shared by all sequences" if settings.llamacpp_kv_unified else "split evenly per sequence",
-        plan.max_model_len,
+        plan.cells, settings.kv_cache_dtype, plan.budget_gib, plan.source, layout, plan.max_model_len,
     )  # fmt: skip
+    # Both resolved here, flash attention first: it depends on whether the layout was asked for.
+    resolved = {"llamacpp_flash_attention": "on" if flash_attention_for(settings) else "off",
+                "llamacpp_kv_unified": plan.unified}  # fmt: skip
+    settings = settings.model_copy(update=resolved)
     core = build_llamacpp_engine(settings, path, tokenizer, plan.max_model_len, kv_cells=plan.cells)
     core.prepare_grammar()
     identity = model_identity(model_name, path, backend="llamacpp")
