@@ -311,14 +311,11 @@ class LlamaCppModelRunner:
             first_output = len(entry.token_ids) - 1 - entry.num_draft_tokens
             for i, token_id in enumerate(entry.token_ids):
                 tokens.append((token_id, entry.start_position + i, seq_id, entry.need_logits and i >= first_output))
-        in_order = order == sorted(order)
-        target = logits if in_order else torch.empty_like(logits)
+        destinations = None if order == sorted(order) else _rows_in_batch_order(batch, order)
         row = 0
         try:
             for begin in range(0, len(tokens), self.n_batch):
-                row = self._decode(tokens[begin : begin + self.n_batch], target, row)
-            if not in_order:
-                self._unsort_rows(batch, order, target, logits)
+                row = self._decode(tokens[begin : begin + self.n_batch], logits, row, destinations)
         except Exception:
             # Earlier sub-batches may have written cells: drop everything past what each slot records, so the
             # request can be retried from its start position.
@@ -331,16 +328,10 @@ class LlamaCppModelRunner:
             self._pool.record(entry.request_id, entry.start_position, entry.token_ids)
         return logits
 
-    @staticmethod
-    def _unsort_rows(batch: list[BatchEntry], order: list[int], decoded: torch.Tensor, logits: torch.Tensor) -> None:
-        """Put rows decoded in `order` (of batch entries) back in batch order."""
-        widths = [1 + e.num_draft_tokens if e.need_logits else 0 for e in batch]
-        starts = [0, *itertools.accumulate(widths)]
-        rows = [starts[index] + k for index in order for k in range(widths[index])]
-        logits[rows] = decoded
-
-    def _decode(self, tokens: list[tuple[int, int, int, bool]], logits: torch.Tensor, row: int) -> int:
-        """One `llama_decode` of at most n_batch tokens; copies its logits into `logits` from `row` on."""
+    def _decode(self, tokens: list[tuple[int, int, int, bool]], logits: torch.Tensor, row: int,
+                destinations: list[int] | None = None) -> int:  # fmt: skip
+        """One `llama_decode` of at most n_batch tokens; copies its logits into `logits` from output row `row` on
+        (`destinations`: the row of `logits` each output row goes to, when the tokens were reordered)."""
         lib, batch = self._lib, self._batch
         if batch is None:
             raise EngineError("the llama.cpp runner is closed")
@@ -360,17 +351,21 @@ class LlamaCppModelRunner:
             # request starts where we think it does, and llama.cpp rejects it if that is not consistent.
             raise EngineError(f"llama_decode failed with code {code} on a batch of {len(tokens)} tokens")
         if output_indices:
-            self._copy_logits(logits, row, len(output_indices))
+            self._copy_logits(logits, row, len(output_indices), destinations)
         return row + len(output_indices)
 
-    def _copy_logits(self, logits: torch.Tensor, row: int, count: int) -> None:
-        """Copy the last decode's `count` output rows into `logits[row : row + count]` in one go: llama.cpp keeps
-        the rows of the positions that asked for logits contiguous, in batch order."""
+    def _copy_logits(self, logits: torch.Tensor, row: int, count: int, destinations: list[int] | None) -> None:
+        """Copy the last decode's `count` output rows into `logits[row : row + count]` (or the `destinations` rows
+        of those) in one go: llama.cpp keeps the rows of the positions that asked for logits contiguous, in the
+        order of the tokens it was given."""
         pointer = self._lib.llama_get_logits(self._ctx)
         if not pointer:
             raise EngineError("llama.cpp returned no logits")
-        source = np.ctypeslib.as_array(pointer, shape=(count, self.vocab_size))
-        logits[row : row + count] = torch.from_numpy(source)
+        source = torch.from_numpy(np.ctypeslib.as_array(pointer, shape=(count, self.vocab_size)))
+        if destinations is None:
+            logits[row : row + count] = source
+        else:
+            logits[destinations[row : row + count]] = source
 
     def _check_batch(self, batch: list[BatchEntry]) -> None:
         """Reject malformed entries before anything reaches llama.cpp, which would abort the process on some."""
@@ -417,6 +412,13 @@ class LlamaCppModelRunner:
     def __del__(self) -> None:
         with contextlib.suppress(Exception):  # at interpreter shutdown the library may already be gone
             self.close()
+
+
+def _rows_in_batch_order(batch: list[BatchEntry], order: list[int]) -> list[int]:
+    """For entries decoded in `order`, the batch-order logits row of each output row."""
+    widths = [1 + e.num_draft_tokens if e.need_logits else 0 for e in batch]
+    starts = [0, *itertools.accumulate(widths)]
+    return [starts[index] + k for index in order for k in range(widths[index])]
 
 
 def _repack_note(mode: str, repacked: int) -> str:

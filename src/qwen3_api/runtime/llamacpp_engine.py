@@ -29,18 +29,19 @@ def build_llamacpp_engine(
     n_threads: int | None = None,
     kv_cache_type: str | None = None,
     kv_cells: int | None = None,
+    kv_unified: bool | None = None,
 ) -> LLMEngine:
     """Our engine (scheduler, sampler, structured output) on a llama.cpp runner for a GGUF file.
 
-    `kv_cells` is the KV budget in cells (default: every sequence at full length); it sizes the shared pool, and
-    with `llamacpp_kv_unified` unset it decides the layout (`kv_unified_for`).
+    `kv_cells` is the KV budget in cells (default: every sequence at full length); it sizes the shared pool.
+    `kv_unified`: the layout as the KV plan resolved it; None resolves it here (`kv_unified_for`).
     """
     # torch only samples here. Its OpenMP threads and llama.cpp's (a second OpenMP runtime) spin-wait for work;
     # on few cores they starve each other: measured 3 vs 271 tok/s on the tiny model, 2 cores, in the server.
     torch.set_num_threads(1)
     max_num_seqs = settings.max_num_seqs
     step_tokens = max(settings.max_num_batched_tokens, max_num_seqs)
-    unified = kv_unified_for(settings, kv_cells, max_model_len)
+    unified = kv_unified_for(settings, kv_cells, max_model_len) if kv_unified is None else kv_unified
     runner = LlamaCppModelRunner(
         gguf_path, max_num_seqs=max_num_seqs, max_model_len=max_model_len,
         n_threads=n_threads or settings.llamacpp_threads, n_threads_batch=settings.llamacpp_threads_batch,

@@ -16,7 +16,7 @@ from qwen3_api.engine.async_engine import AsyncEngine
 from qwen3_api.engine.core import EngineCore
 from qwen3_api.engine.tokenizer import Tokenizer
 from qwen3_api.errors import ModelLoadError
-from qwen3_api.executors.llamacpp_options import flash_attention_for, kv_unified_for, retained_sequences_for
+from qwen3_api.executors.llamacpp_options import kv_unified_for, retained_sequences_for
 from qwen3_api.models.identity import model_identity
 from qwen3_api.runtime.source import canonical_model_name, resolve_gguf_model, resolve_model
 
@@ -255,18 +255,15 @@ def _serve_gguf(
     plan = llamacpp_kv_plan(settings, metadata, path.stat().st_size)
     layout = "one pool shared by all sequences" if plan.unified else "split evenly per sequence"
     if settings.llamacpp_kv_unified is None:
-        layout += " (chosen: " + ("every sequence fits at full length" if not plan.unified else
-                                  "kept conversations" if settings.llamacpp_retained_sequences else
-                                  "not every sequence fits at full length") + ")"  # fmt: skip
+        why = "every sequence fits at full length" if not plan.unified else "not every sequence fits at full length"
+        layout += f" (chosen: {'kept conversations' if settings.llamacpp_retained_sequences else why})"
     logger.info(
         "llama.cpp KV: %d %s cells (%.2f GiB; budget from %s), %s, max_model_len %d",
         plan.cells, settings.kv_cache_dtype, plan.budget_gib, plan.source, layout, plan.max_model_len,
     )  # fmt: skip
-    # Both resolved here, flash attention first: it depends on whether the layout was asked for.
-    resolved = {"llamacpp_flash_attention": "on" if flash_attention_for(settings) else "off",
-                "llamacpp_kv_unified": plan.unified}  # fmt: skip
-    settings = settings.model_copy(update=resolved)
-    core = build_llamacpp_engine(settings, path, tokenizer, plan.max_model_len, kv_cells=plan.cells)
+    core = build_llamacpp_engine(
+        settings, path, tokenizer, plan.max_model_len, kv_cells=plan.cells, kv_unified=plan.unified
+    )
     core.prepare_grammar()
     identity = model_identity(model_name, path, backend="llamacpp")
     persistence = None
