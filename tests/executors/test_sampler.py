@@ -39,6 +39,15 @@ def test_greedy_is_argmax_and_logits_untouched() -> None:
     assert token_ids(plain) == logits.argmax(dim=-1).tolist()
 
 
+def test_greedy_ties_take_the_first_index_as_torch_does() -> None:
+    logits = torch.zeros(3, 50)
+    logits[0, [7, 3, 40]] = 2.0  # a three-way tie: index 3 comes first
+    logits[1, [49, 0]] = 1.0
+    logits[2] = -1.0  # every column ties
+    tokens = Sampler().sample(logits, [row(f"r{i}", temperature=0.0) for i in range(3)])
+    assert token_ids(tokens) == [3, 0, 0] == logits.argmax(dim=-1).tolist()
+
+
 def test_wrong_shape_is_rejected() -> None:
     with pytest.raises(ValueError):
         Sampler().sample(random_logits(2, 10), [row()])

@@ -26,6 +26,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable, Sequence
 
+import numpy as np
 import torch
 
 from qwen3_api.engine.outputs import TokenLogprob
@@ -71,7 +72,7 @@ class Sampler:
         token_ids = torch.empty(len(rows), dtype=torch.long, device=logits.device)
         greedy_rows = [i for i, row in enumerate(rows) if row.params.greedy]
         if greedy_rows:
-            token_ids[greedy_rows] = _take(logits, greedy_rows).argmax(dim=-1)
+            token_ids[greedy_rows] = _argmax(_take(logits, greedy_rows))
         shared_rows = [i for i, row in enumerate(rows) if not row.params.greedy and row.params.seed is None]
         if shared_rows:
             generator = self._shared_generator(logits.device)
@@ -129,6 +130,15 @@ def _seeded_generator(seed: int, device: torch.device) -> torch.Generator:
     except (RuntimeError, OverflowError, ValueError) as exc:
         raise InvalidRequestError(f"seed {seed} is not accepted by the generator: {exc}", "seed") from exc
     return generator
+
+
+def _argmax(logits: torch.Tensor) -> torch.Tensor:
+    """Each row's argmax (the first index of the largest value, as torch's). On CPU through numpy, whose
+    vectorized argmax is ~20x torch's on one thread (16 x 151,936 floats: 0.2 vs 4.6 ms, the largest part of a
+    greedy step outside llama_decode at 16 sequences)."""
+    if logits.device.type != "cpu" or logits.dtype != torch.float32:
+        return logits.argmax(dim=-1)
+    return torch.from_numpy(np.argmax(logits.contiguous().numpy(), axis=-1))
 
 
 def _take(tensor: torch.Tensor, rows: list[int]) -> torch.Tensor:
