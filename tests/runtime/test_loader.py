@@ -8,7 +8,6 @@ from qwen3_api.config import Settings
 from qwen3_api.errors import ModelLoadError
 from qwen3_api.runtime.loader import (
     LLAMACPP_DEFAULT_MAX_NUM_SEQS,
-    gguf_max_model_len,
     llamacpp_kv_plan,
     llamacpp_settings,
 )
@@ -34,15 +33,16 @@ def test_llamacpp_sequence_count_from_the_environment_is_kept(monkeypatch: pytes
 
 
 def test_each_sequence_gets_its_share_of_the_kv_budget() -> None:
-    settings = Settings(model="m", max_num_seqs=4, kv_cache_memory=1.0)
-    assert gguf_max_model_len(settings, METADATA) == 2**30 // 114_688 // 4  # 2340
-    capped = Settings(model="m", max_num_seqs=1, kv_cache_memory=8.0, max_model_len=4096)
-    assert gguf_max_model_len(capped, METADATA) == 4096
+    settings = Settings(model="m", max_num_seqs=4, kv_cache_memory=1.0, llamacpp_kv_unified=False)
+    assert llamacpp_kv_plan(settings, METADATA, model_bytes=0).max_model_len == 2**30 // 114_688 // 4  # 2340
+    capped = Settings(model="m", max_num_seqs=1, kv_cache_memory=8.0, max_model_len=4096, llamacpp_kv_unified=False)
+    assert llamacpp_kv_plan(capped, METADATA, model_bytes=0).max_model_len == 4096
 
 
 def test_a_budget_too_small_for_the_sequences_is_refused() -> None:
+    settings = Settings(model="m", max_num_seqs=1024, kv_cache_memory=0.1, llamacpp_kv_unified=False)
     with pytest.raises(ModelLoadError, match="too small for 1024 sequences"):
-        gguf_max_model_len(Settings(model="m", max_num_seqs=1024, kv_cache_memory=0.1), METADATA)
+        llamacpp_kv_plan(settings, METADATA, model_bytes=0)
 
 
 # -- the llama.cpp KV plan: budget from available memory, one shared pool or per-sequence shares ---------------

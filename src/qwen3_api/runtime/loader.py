@@ -141,27 +141,6 @@ def llamacpp_settings(settings: Settings) -> Settings:
     return settings.model_copy(update={"max_num_seqs": LLAMACPP_DEFAULT_MAX_NUM_SEQS})
 
 
-def gguf_max_model_len(settings: Settings, metadata: dict[str, object]) -> int:
-    """Context per sequence on llama.cpp: each of max_num_seqs sequences owns its cells, all within the KV budget."""
-    arch = str(metadata.get("general.architecture", "qwen3"))
-    context = int(metadata.get(f"{arch}.context_length", 32768))  # type: ignore[call-overload]
-    layers = int(metadata.get(f"{arch}.block_count", 1))  # type: ignore[call-overload]
-    kv_heads = int(metadata.get(f"{arch}.attention.head_count_kv", 1))  # type: ignore[call-overload]
-    head_dim = int(metadata.get(f"{arch}.attention.key_length", 128))  # type: ignore[call-overload]
-    bytes_per_token = 2 * layers * kv_heads * head_dim * 2  # K and V, float16 cells
-    budget = settings.kv_cache_memory if settings.kv_cache_memory is not None else 1.0
-    per_sequence = int(budget * 2**30 // bytes_per_token) // settings.max_num_seqs
-    wanted = min(settings.max_model_len or context, context)
-    if per_sequence < wanted:
-        logger.warning(
-            "KV budget %.2f GiB over %d sequences holds %d tokens each: max_model_len lowered from %d",
-            budget, settings.max_num_seqs, per_sequence, wanted,
-        )  # fmt: skip
-    if per_sequence < 64:
-        raise ModelLoadError(f"--kv-cache-memory {budget} GiB is too small for {settings.max_num_seqs} sequences")
-    return min(wanted, per_sequence)
-
-
 def available_memory_bytes() -> int:
     """Memory the system can give without swapping: MemAvailable from /proc/meminfo, else free physical pages."""
     try:
