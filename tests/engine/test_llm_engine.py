@@ -182,3 +182,17 @@ def test_abort_frees_blocks_at_once(model_dir: Path) -> None:
         engine.abort_request(f"r{i}")
     stats = engine.scheduler.kv_stats
     assert stats.num_free_blocks == stats.num_blocks and not engine.has_unfinished_requests()
+
+
+def test_step_timing_counts_every_step_and_separates_decode_only_steps(model_dir: Path) -> None:
+    # Two prompts of 250 and 100 tokens at 128 tokens a step: prefill takes 3 steps (128, 128, 94), in the last of
+    # which both rows sample their first token; then 7 decode-only steps make the other 7 tokens.
+    engine = make_engine(model_dir, max_num_batched_tokens=128, enable_prefix_caching=False)
+    rng = random.Random(3)
+    batch = {f"r{n}": ([rng.randrange(0, 151000) for _ in range(n)], greedy(8)) for n in (250, 100)}
+    run(engine, batch)
+    stats = engine.stats()
+    assert stats["steps"] == engine.num_steps == 10
+    assert stats["decode_steps"] == 7
+    assert 0 < stats["forward_seconds"] < stats["step_seconds"]
+    assert 0 < stats["decode_step_seconds"] < stats["step_seconds"]

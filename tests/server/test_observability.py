@@ -89,6 +89,13 @@ def test_latency_histograms_and_token_counters(json_logged: ServerProcess, authe
         assert after[f"{name}_sum"] > before.get(f"{name}_sum", 0)
     assert after["qwen3_api_generation_tokens_total"] - before.get("qwen3_api_generation_tokens_total", 0) == 4
     assert after["qwen3_api_prompt_tokens_total"] > before.get("qwen3_api_prompt_tokens_total", 0)
+    # A short prompt is computed in one step, which samples the first token; three decode-only steps follow.
+    grew = {name: after[f"qwen3_api_engine_{name}_total"] - before[f"qwen3_api_engine_{name}_total"]
+            for name in ("steps", "decode_steps", "step_seconds", "forward_seconds", "decode_step_seconds",
+                         "output_seconds")}  # fmt: skip
+    assert grew["steps"] == 4 and grew["decode_steps"] == 3, grew
+    assert 0 < grew["forward_seconds"] < grew["step_seconds"] and 0 < grew["decode_step_seconds"] < grew["step_seconds"]
+    assert grew["output_seconds"] > 0
     text = authed.get(f"{json_logged.url}/metrics", timeout=10).text
     for counter in ("prefix_hit_tokens", "prefix_queried_tokens", "preemptions"):  # monotonic: counters
         assert re.search(rf"^# TYPE qwen3_api_engine_{counter}(_total)? counter$", text, re.M), counter

@@ -90,6 +90,9 @@ class AsyncEngine:
         self._num_live = 0  # event-loop side count of unfinished requests
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+        # Loop-thread seconds spent on steps' outputs (detokenizing, stop strings, handing them over): added to
+        # every step's time, so to every token's.
+        self.output_seconds = 0.0
 
     # ---- lifecycle -------------------------------------------------------------------------------------------
     def start(self, loop: asyncio.AbstractEventLoop, on_death: Callable[[str], None] | None = None) -> None:
@@ -284,12 +287,14 @@ class AsyncEngine:
                 logger.exception("engine step failed")
                 self._fail_all(exc)
                 continue
+            started = time.perf_counter()
             for output in outputs:
                 try:
                     self._process(output)
                 except Exception as exc:  # e.g. the detokenizer: this request's failure, not the batch's
                     logger.exception("request %s: processing its output failed", output.request_id)
                     self._fail_request(output.request_id, exc)
+            self.output_seconds += time.perf_counter() - started
 
     def _idle_wait(self) -> float:
         """Seconds to sleep with nothing to step: until the next deadline, at most 1 s."""

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable
 
 import torch
@@ -55,6 +56,7 @@ class LLMEngine:
         self._thoughts: dict[str, ThoughtTracker] = {}  # requests with a thinking budget
         self._arrivals = 0
         self.num_steps = 0
+        self.timing = StepTiming()
 
     def add_request(
         self, request_id: str, prompt_token_ids: list[int], params: SamplingParams, prefix_group: str | None = None
@@ -120,6 +122,7 @@ class LLMEngine:
             "preemptions": float(self.scheduler.num_preemptions),
             "kv_blocks_used": float(kv.num_blocks - kv.num_free_blocks),
             "kv_blocks_total": float(kv.num_blocks),
+            **self.timing.stats(),
             **(self.speculator.stats() if self.speculator is not None else {}),
         }
 
@@ -161,10 +164,19 @@ class LLMEngine:
         self.runner.release(seq.request_id for seq in out.preempted)
         if not out.chunks:
             return []
+        started = time.perf_counter()
+        outputs = self._compute(out)
+        self.timing.record(out, started, time.perf_counter())
+        return outputs
+
+    def _compute(self, out: SchedulerOutput) -> list[CoreOutput]:
+        """Forward, sample and update one scheduled step; its outputs."""
         self.num_steps += 1
         if self.speculator is not None:
             self.scheduler.attach_drafts(out, self.speculator.propose(out, self._speculates))
+        forward_started = time.perf_counter()
         logits = self.runner.forward(self._batch(out))  # [sampling chunks + their drafts, V]
+        self.timing.forward_seconds += time.perf_counter() - forward_started
         sampling_chunks = [chunk for chunk in out.chunks if chunk.samples]
         sampling = [chunk.seq for chunk in sampling_chunks]
         # A chunk with drafts has 1 + len(drafts) rows; the first is the ordinary next-token row.
@@ -328,3 +340,31 @@ class LLMEngine:
 def _describe(what: str, exc: Exception, request_id: str) -> str:
     logger.error("request %s: %s: %r", request_id, what, exc)
     return f"{what}: {exc}" if str(exc) else f"{what}: {type(exc).__name__}"
+
+
+class StepTiming:
+    """Where an engine's time goes: all steps, the model's forward inside them, and decode-only steps (every
+    chunk is one new token, drafts aside), whose mean is the time per output token of a running batch."""
+
+    def __init__(self) -> None:
+        self.steps = 0
+        self.step_seconds = 0.0
+        self.forward_seconds = 0.0
+        self.decode_steps = 0
+        self.decode_step_seconds = 0.0
+
+    def record(self, out: SchedulerOutput, started: float, ended: float) -> None:
+        self.steps += 1
+        self.step_seconds += ended - started
+        if all(chunk.num_new_tokens == 1 and chunk.samples for chunk in out.chunks):
+            self.decode_steps += 1
+            self.decode_step_seconds += ended - started
+
+    def stats(self) -> dict[str, float]:
+        return {
+            "steps": float(self.steps),
+            "step_seconds": self.step_seconds,
+            "forward_seconds": self.forward_seconds,
+            "decode_steps": float(self.decode_steps),
+            "decode_step_seconds": self.decode_step_seconds,
+        }

@@ -33,6 +33,12 @@ ENGINE_COUNTERS = {
     "spec_decode_accepted_tokens": "Speculative draft tokens accepted (equal to what the sampler chose)",
     "spec_decode_full_batch_steps": "Steps decoded without speculation because more sequences decoded than "
     "--speculative-max-batch",
+    "steps": "Engine steps run",
+    "step_seconds": "Seconds spent in engine steps (rate: the fraction of time the engine computes)",
+    "forward_seconds": "Seconds of engine steps spent in the model's forward pass",
+    "decode_steps": "Engine steps that only decoded (one new token per sequence)",
+    "decode_step_seconds": "Seconds spent in decode-only steps (divided by decode_steps: the time per output token "
+    "of the running batch, before output processing)",
 }
 
 # Bucket bounds in seconds, spanning a tiny model on a GPU to a 4B model on two CPU cores.
@@ -62,6 +68,10 @@ class EngineCollector(Collector):
         for name, help_text in ENGINE_COUNTERS.items():
             if name in stats:
                 yield CounterMetricFamily(f"qwen3_api_engine_{name}", help_text, value=stats[name])
+        yield CounterMetricFamily(
+            "qwen3_api_engine_output_seconds", "Seconds the engine loop spent on steps' outputs (detokenizing, stop "
+            "strings, handing them to requests), between steps", value=engine.output_seconds,
+        )  # fmt: skip
 
 
 class ResponseCacheCollector(Collector):
