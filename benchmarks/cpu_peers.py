@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
-from peers import openvino_env, report
+from peers import engine_time, openvino_env, report
 from peers.llama_server import (
     build_llama_server,
     default_cache_dir,
@@ -54,6 +54,7 @@ from peers.report import LLAMA_SERVER, MULTI_TURN, OURS, OURS_DEFAULT, SWEEP, Ro
 
 from qwen3_api.bench.apis import ApiKind
 from qwen3_api.bench.loadgen import WARMUP_SEED, LoadConfig, NoAcceptedStyle, request_seed, run_load
+from qwen3_api.bench.metrics import BenchResult
 from qwen3_api.bench.plot import machine_description
 from qwen3_api.bench.prompts import PromptBuilder
 from qwen3_api.bench.server_process import ServerProcess, ServerStartError, free_port
@@ -134,6 +135,16 @@ def server_for(contender: str, group: Group, gguf: Path, model_dir: Path, args: 
     return ServerProcess(OURS, command, port, ["/health"], log)
 
 
+def sweep_row(contender: str, url: str, config: LoadConfig, builder: PromptBuilder,
+              ) -> tuple[BenchResult, engine_time.EngineTime | None]:  # fmt: skip
+    """One concurrency row; for ours also the engine's step counters over its timed requests."""
+    if contender == "llama-server":
+        return asyncio.run(run_load(config, builder)), None
+    before: dict[str, float] = {}
+    result = asyncio.run(run_load(config, builder, after_warmup=lambda: before.update(engine_time.scrape(url))))
+    return result, engine_time.EngineTime.between(before, engine_time.scrape(url), result.duration_s)
+
+
 def server_rows(contender: str, group: Group, gguf: Path, model_dir: Path, builder: PromptBuilder,
                 args: argparse.Namespace, peers: Peers, log_dir: Path) -> list[Row]:  # fmt: skip
     label = CONTENDERS[contender]
@@ -149,13 +160,16 @@ def server_rows(contender: str, group: Group, gguf: Path, model_dir: Path, build
                                 prompt_tokens=args.prompt_tokens, output_tokens=group.output_tokens,
                                 seed=args.seed + 1000 * c, timeout_s=args.request_timeout)  # fmt: skip
             try:
-                result = asyncio.run(run_load(config, builder))
+                result, engine = sweep_row(contender, server.url, config, builder)
             except (NoAcceptedStyle, httpx.HTTPError) as exc:
                 rows.append(Row(group.name, label, c, SWEEP, status=f"failed: {exc}"))
                 print(f"  {label} c={c}: failed: {exc}\n{server.log_tail()}", flush=True)
                 continue
-            rows.append(Row(group.name, label, c, SWEEP, result))
-            print(f"  {label} c={c}: {result.output_throughput:.2f} output tok/s, {result.failed} failed", flush=True)
+            rows.append(Row(group.name, label, c, SWEEP, result, engine=engine.to_dict() if engine else None))
+            print(f"  {label} c={c}: {result.output_throughput:.2f} output tok/s, TPOT p50 {result.tpot_ms.p50:.1f} "
+                  f"ms, {result.failed} failed", flush=True)  # fmt: skip
+            if engine is not None:
+                print(f"    {engine.describe()}", flush=True)
         if group.multi_turn and contender in ("llama-server", "ours"):
             chat = chat_workload(args)
             try:

@@ -32,6 +32,7 @@ class Row:
     result: BenchResult | None = None
     status: str = "ok"
     repeat: int = 0  # which pass over the plan (--repeats): every contender of a group runs once per pass
+    engine: dict[str, float] | None = None  # ours: peers.engine_time.EngineTime over the row
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -42,7 +43,7 @@ class Row:
     def from_dict(cls, data: dict[str, Any]) -> Row:
         result = BenchResult.from_dict(data["result"]) if data.get("result") else None
         return cls(data["group"], data["contender"], int(data["concurrency"]), data.get("workload", SWEEP),
-                   result, data.get("status", "ok"), int(data.get("repeat", 0)))  # fmt: skip
+                   result, data.get("status", "ok"), int(data.get("repeat", 0)), data.get("engine"))  # fmt: skip
 
 
 @dataclass

@@ -109,6 +109,12 @@ def test_repeats_run_every_contender_once_per_pass_in_alternating_order(
     rows = json.loads(saved.read_text())["rows"]
     ours = [(r["repeat"], r["result"]["completed"]) for r in rows if r["contender"] == OURS]
     assert ours == [(0, 1), (1, 1)]  # a real server each pass, one completed request each
+    # The engine's counters over the timed request alone (not the warm-up): a prefill step that samples the first
+    # token, then one decode step for the second.
+    engines = [r["engine"] for r in rows if r["contender"] == OURS]
+    assert [(e["steps"], e["decode_steps"]) for e in engines] == [(2, 1), (2, 1)]
+    assert all(e["decode_step_ms"] > 0 and 0 < e["forward_share"] <= 1 and 0 < e["busy"] <= 1 for e in engines)
+    assert "engine: 2 steps, 1 decode-only at" in out
     theirs = [(r["repeat"], r["status"].startswith("failed")) for r in rows if r["contender"] == LLAMA_SERVER]
     assert theirs == [(0, True), (1, True)]
     # llama-server never ran: a skip, not a ratio of nothing

@@ -11,7 +11,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -223,8 +223,11 @@ class LoadGenerator:
         output.success = True
 
 
-async def run_load(config: LoadConfig, builder: PromptBuilder | None = None) -> BenchResult:
-    """Run `config` against its server and summarize the timed requests (the warm-up excluded)."""
+async def run_load(
+    config: LoadConfig, builder: PromptBuilder | None = None, after_warmup: Callable[[], object] | None = None
+) -> BenchResult:
+    """Run `config` against its server and summarize the timed requests (the warm-up excluded). `after_warmup` is
+    called between the warm-up and the timed requests (e.g. to read the server's counters)."""
     builder = builder or PromptBuilder.from_tokenizer_dir(config.tokenizer_dir)
     api = make_api(config.api, config.model)
     prompts = [
@@ -240,6 +243,8 @@ async def run_load(config: LoadConfig, builder: PromptBuilder | None = None) -> 
     ) as generator:
         warmup_prompt = builder.prompt(config.prompt_tokens, WARMUP_SEED + config.seed)
         await generator.prepare(warmup_prompt, min(config.output_tokens, 4) if config.warmup else 1)
+        if after_warmup is not None:
+            after_warmup()
         outputs, duration = await generator.run(prompts, config.output_tokens, config.concurrency)
         notes = list(generator.notes)
     if not builder.exact:
