@@ -39,7 +39,9 @@ def bench_command(
     tokenizer: Annotated[
         Path | None, typer.Option(help="model dir whose tokenizer makes exact-length prompts")
     ] = None,
-    seed: Annotated[int, typer.Option(help="seed of the random prompts")] = 0,
+    seed: Annotated[
+        int, typer.Option(help="seed of the random prompts; a sweep's levels use seed, seed + 1, ... (fresh prompts)")
+    ] = 0,
     timeout: Annotated[float, typer.Option(help="seconds one request may take")] = 1800.0,
     json_out: Annotated[Path | None, typer.Option(help="also write the result as JSON here")] = None,
     plot: Annotated[
@@ -48,12 +50,14 @@ def bench_command(
 ) -> None:
     """Send N requests at concurrency C to a running server and print throughput, TTFT, TPOT and ITL."""
     results = []
-    for level in concurrency or [1]:
+    # Every level sends prompts of its own: repeated ones would be answered by the server's response cache or skip
+    # prefill through its prefix cache, and the later levels would measure the caches instead of generation.
+    for index, level in enumerate(concurrency or [1]):
         try:
             config = LoadConfig(
                 url=url, api=api, model=model, num_requests=num_requests, concurrency=level,
                 prompt_tokens=prompt_tokens, output_tokens=output_tokens, ignore_eos=ignore_eos,
-                tokenizer_dir=tokenizer, seed=seed, timeout_s=timeout,
+                tokenizer_dir=tokenizer, seed=seed + index, timeout_s=timeout,
             )  # fmt: skip
         except ValueError as exc:
             typer.echo(f"error: {exc}", err=True)
