@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import math
 import multiprocessing
 import os
@@ -135,14 +136,23 @@ def server_for(contender: str, group: Group, gguf: Path, model_dir: Path, args: 
     return ServerProcess(OURS, command, port, ["/health"], log)
 
 
-def sweep_row(contender: str, url: str, config: LoadConfig, builder: PromptBuilder,
-              ) -> tuple[BenchResult, engine_time.EngineTime | None]:  # fmt: skip
-    """One concurrency row; for ours also the engine's step counters over its timed requests."""
+def with_engine_time(contender: str, url: str, run: Callable[[Callable[[], object] | None], BenchResult],
+                     ) -> tuple[BenchResult, engine_time.EngineTime | None]:  # fmt: skip
+    """`run(after_warmup)` (one row); for ours also the engine's step counters over the row's timed requests."""
     if contender == "llama-server":
-        return asyncio.run(run_load(config, builder)), None
+        return run(None), None
     before: dict[str, float] = {}
-    result = asyncio.run(run_load(config, builder, after_warmup=lambda: before.update(engine_time.scrape(url))))
+    result = run(lambda: before.update(engine_time.scrape(url)))
     return result, engine_time.EngineTime.between(before, engine_time.scrape(url), result.duration_s)
+
+
+def sweep_row(config: LoadConfig, builder: PromptBuilder, after_warmup: Callable[[], object] | None) -> BenchResult:
+    return asyncio.run(run_load(config, builder, after_warmup=after_warmup))
+
+
+def chat_row(url: str, model: str | None, builder: PromptBuilder, workload: ChatWorkload, timeout_s: float,
+             after_warmup: Callable[[], object] | None) -> BenchResult:  # fmt: skip
+    return asyncio.run(run_chat(url, model, builder, workload, timeout_s, after_warmup))
 
 
 def server_rows(contender: str, group: Group, gguf: Path, model_dir: Path, builder: PromptBuilder,
@@ -160,7 +170,7 @@ def server_rows(contender: str, group: Group, gguf: Path, model_dir: Path, build
                                 prompt_tokens=args.prompt_tokens, output_tokens=group.output_tokens,
                                 seed=args.seed + 1000 * c, timeout_s=args.request_timeout)  # fmt: skip
             try:
-                result, engine = sweep_row(contender, server.url, config, builder)
+                result, engine = with_engine_time(contender, server.url, functools.partial(sweep_row, config, builder))
             except (NoAcceptedStyle, httpx.HTTPError) as exc:
                 rows.append(Row(group.name, label, c, SWEEP, status=f"failed: {exc}"))
                 print(f"  {label} c={c}: failed: {exc}\n{server.log_tail()}", flush=True)
@@ -171,14 +181,18 @@ def server_rows(contender: str, group: Group, gguf: Path, model_dir: Path, build
             if engine is not None:
                 print(f"    {engine.describe()}", flush=True)
         if group.multi_turn and contender in ("llama-server", "ours"):
-            chat = chat_workload(args)
+            workload = chat_workload(args)
             try:
-                result = asyncio.run(run_chat(server.url, model, builder, chat, args.request_timeout))
-                rows.append(Row(group.name, label, chat.conversations, MULTI_TURN, result))
+                result, engine = with_engine_time(contender, server.url, functools.partial(
+                    chat_row, server.url, model, builder, workload, args.request_timeout))  # fmt: skip
+                rows.append(Row(group.name, label, workload.conversations, MULTI_TURN, result,
+                                engine=engine.to_dict() if engine else None))  # fmt: skip
                 print(f"  {label} multi-turn: {result.output_throughput:.2f} output tok/s, TTFT p50 "
                       f"{result.ttft_ms.p50:.0f} ms, {result.failed} failed", flush=True)  # fmt: skip
+                if engine is not None:
+                    print(f"    {engine.describe()}", flush=True)
             except (NoAcceptedStyle, httpx.HTTPError) as exc:
-                rows.append(Row(group.name, label, chat.conversations, MULTI_TURN, status=f"failed: {exc}"))
+                rows.append(Row(group.name, label, workload.conversations, MULTI_TURN, status=f"failed: {exc}"))
     except ServerStartError as exc:
         print(f"  {label}: failed to start: {exc}\n{server.log_tail()}", flush=True)
         done = {r.concurrency for r in rows}

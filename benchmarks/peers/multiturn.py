@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from qwen3_api.bench.apis import ApiKind, make_api
@@ -54,12 +55,16 @@ async def _conversation(generator: LoadGenerator, builder: PromptBuilder, worklo
 
 
 async def run_chat(url: str, model: str | None, builder: PromptBuilder, workload: ChatWorkload,
-                   timeout_s: float = 1800.0) -> BenchResult:  # fmt: skip
-    """Run every conversation at once against `url`; one summary over all turns (concurrency = conversations)."""
+                   timeout_s: float = 1800.0, after_warmup: Callable[[], object] | None = None,
+                   ) -> BenchResult:  # fmt: skip
+    """Run every conversation at once against `url`; one summary over all turns (concurrency = conversations).
+    `after_warmup` is called between the warm-up request and the conversations."""
     api = make_api(ApiKind.OPENAI_COMPLETIONS, model)
     async with LoadGenerator(url, api, timeout_s=timeout_s, max_connections=workload.conversations + 2,
                              count_tokens=builder) as generator:  # fmt: skip
         await generator.prepare(builder.prompt(workload.first_tokens, WARMUP_SEED + workload.seed), 4)
+        if after_warmup is not None:
+            after_warmup()
         started = time.perf_counter()
         per_conversation = await asyncio.gather(
             *(_conversation(generator, builder, workload, i) for i in range(workload.conversations))

@@ -8,7 +8,7 @@ import cpu_peers
 import pytest
 from peers.multiturn import ChatWorkload
 from peers.plan import Group, estimate_seconds, make_plan
-from peers.report import LLAMA_SERVER, OURS, OURS_DEFAULT
+from peers.report import LLAMA_SERVER, MULTI_TURN, OURS, OURS_DEFAULT, SWEEP
 
 
 def plan_of(*argv: str) -> list[Group]:
@@ -100,21 +100,24 @@ def test_repeats_run_every_contender_once_per_pass_in_alternating_order(
     import json
 
     argv = ["--shapes", "tiny", "--qtypes", "Q8_0", "--contenders", "ours,llama-server", "--concurrency", "1",
-            "--num-requests", "1", "--output-tokens", "2", "--no-multi-turn", "--no-build", "--repeats", "2",
+            "--num-requests", "1", "--output-tokens", "2", "--no-build", "--repeats", "2", "--chat-conversations", "1",
+            "--chat-turns", "2", "--chat-first-tokens", "8", "--chat-turn-tokens", "4", "--chat-output-tokens", "2",
             "--cache-dir", str(tmp_path / "no-build"), "--out-dir", str(tmp_path / "out")]  # fmt: skip
     assert cpu_peers.main(argv) == 0
     out = capsys.readouterr().out
     assert "pass 1 of 2: llama-server, ours" in out and "pass 2 of 2: ours, llama-server" in out
     (saved,) = (tmp_path / "out").glob("cpu_peers-*.json")
     rows = json.loads(saved.read_text())["rows"]
-    ours = [(r["repeat"], r["result"]["completed"]) for r in rows if r["contender"] == OURS]
-    assert ours == [(0, 1), (1, 1)]  # a real server each pass, one completed request each
-    # The engine's counters over the timed request alone (not the warm-up): a prefill step that samples the first
-    # token, then one decode step for the second.
-    engines = [r["engine"] for r in rows if r["contender"] == OURS]
-    assert [(e["steps"], e["decode_steps"]) for e in engines] == [(2, 1), (2, 1)]
+    sweep = [r for r in rows if r["contender"] == OURS and r["workload"] == SWEEP]
+    assert [(r["repeat"], r["result"]["completed"]) for r in sweep] == [(0, 1), (1, 1)]  # a real server each pass
+    # The engine's counters over the timed requests alone (not the warm-up): a prefill step that samples the first
+    # token, then one decode step for the second; in the chat, that for each of its two turns.
+    chats = [r for r in rows if r["contender"] == OURS and r["workload"] == MULTI_TURN]
+    assert [(r["repeat"], r["result"]["completed"]) for r in chats] == [(0, 2), (1, 2)]
+    engines = [r["engine"] for r in sweep + chats]
+    assert [(e["steps"], e["decode_steps"]) for e in engines] == [(2, 1), (2, 1), (4, 2), (4, 2)]
     assert all(e["decode_step_ms"] > 0 and 0 < e["forward_share"] <= 1 and 0 < e["busy"] <= 1 for e in engines)
-    assert "engine: 2 steps, 1 decode-only at" in out
+    assert "engine: 2 steps, 1 decode-only at" in out and "engine: 4 steps, 2 decode-only at" in out
     theirs = [(r["repeat"], r["status"].startswith("failed")) for r in rows if r["contender"] == LLAMA_SERVER]
     assert theirs == [(0, True), (1, True)]
     # llama-server never ran: a skip, not a ratio of nothing
