@@ -157,6 +157,7 @@ class LLMEngine:
 
     @torch.inference_mode()
     def step(self) -> list[CoreOutput]:
+        started = time.perf_counter()
         out = self.scheduler.schedule()
         self._release(out.finished_request_ids)
         # A preempted sequence recomputes from position 0 when readmitted: runner state it holds (llama.cpp's
@@ -164,7 +165,6 @@ class LLMEngine:
         self.runner.release(seq.request_id for seq in out.preempted)
         if not out.chunks:
             return []
-        started = time.perf_counter()
         outputs = self._compute(out)
         self.timing.record(out, started, time.perf_counter())
         return outputs
