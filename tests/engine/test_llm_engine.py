@@ -185,8 +185,8 @@ def test_abort_frees_blocks_at_once(model_dir: Path) -> None:
 
 
 def test_step_timing_counts_every_step_and_separates_decode_only_steps(model_dir: Path) -> None:
-    # Two prompts of 250 and 100 tokens at 128 tokens a step: prefill takes 3 steps (128, 128, 94), in the last of
-    # which both rows sample their first token; then 7 decode-only steps make the other 7 tokens.
+    # Two prompts of 250 and 100 tokens at 128 tokens a step: prefill spans 3 steps (250's first 128; its last 122
+    # and 100's first 6; 250's first decode beside 100's last 94), then 7 decode-only steps finish 100's 8 tokens.
     engine = make_engine(model_dir, max_num_batched_tokens=128, enable_prefix_caching=False)
     rng = random.Random(3)
     batch = {f"r{n}": ([rng.randrange(0, 151000) for _ in range(n)], greedy(8)) for n in (250, 100)}
