@@ -31,7 +31,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,23 +136,15 @@ def server_for(contender: str, group: Group, gguf: Path, model_dir: Path, args: 
     return ServerProcess(OURS, command, port, ["/health"], log)
 
 
-def with_engine_time(contender: str, url: str, run: Callable[[Callable[[], object] | None], BenchResult],
+def with_engine_time(contender: str, url: str, load: Callable[..., Coroutine[Any, Any, BenchResult]],
                      ) -> tuple[BenchResult, engine_time.EngineTime | None]:  # fmt: skip
-    """`run(after_warmup)` (one row); for ours also the engine's step counters over the row's timed requests."""
+    """Run one row, `load(after_warmup=...)` (`run_load` or `run_chat` with its other arguments bound); for ours
+    also the engine's step counters over the row's timed requests."""
     if contender == "llama-server":
-        return run(None), None
+        return asyncio.run(load()), None
     before: dict[str, float] = {}
-    result = run(lambda: before.update(engine_time.scrape(url)))
+    result = asyncio.run(load(after_warmup=lambda: before.update(engine_time.scrape(url))))
     return result, engine_time.EngineTime.between(before, engine_time.scrape(url), result.duration_s)
-
-
-def sweep_row(config: LoadConfig, builder: PromptBuilder, after_warmup: Callable[[], object] | None) -> BenchResult:
-    return asyncio.run(run_load(config, builder, after_warmup=after_warmup))
-
-
-def chat_row(url: str, model: str | None, builder: PromptBuilder, workload: ChatWorkload, timeout_s: float,
-             after_warmup: Callable[[], object] | None) -> BenchResult:  # fmt: skip
-    return asyncio.run(run_chat(url, model, builder, workload, timeout_s, after_warmup))
 
 
 def server_rows(contender: str, group: Group, gguf: Path, model_dir: Path, builder: PromptBuilder,
@@ -170,7 +162,7 @@ def server_rows(contender: str, group: Group, gguf: Path, model_dir: Path, build
                                 prompt_tokens=args.prompt_tokens, output_tokens=group.output_tokens,
                                 seed=args.seed + 1000 * c, timeout_s=args.request_timeout)  # fmt: skip
             try:
-                result, engine = with_engine_time(contender, server.url, functools.partial(sweep_row, config, builder))
+                result, engine = with_engine_time(contender, server.url, functools.partial(run_load, config, builder))
             except (NoAcceptedStyle, httpx.HTTPError) as exc:
                 rows.append(Row(group.name, label, c, SWEEP, status=f"failed: {exc}"))
                 print(f"  {label} c={c}: failed: {exc}\n{server.log_tail()}", flush=True)
@@ -184,7 +176,7 @@ def server_rows(contender: str, group: Group, gguf: Path, model_dir: Path, build
             workload = chat_workload(args)
             try:
                 result, engine = with_engine_time(contender, server.url, functools.partial(
-                    chat_row, server.url, model, builder, workload, args.request_timeout))  # fmt: skip
+                    run_chat, server.url, model, builder, workload, args.request_timeout))  # fmt: skip
                 rows.append(Row(group.name, label, workload.conversations, MULTI_TURN, result,
                                 engine=engine.to_dict() if engine else None))  # fmt: skip
                 print(f"  {label} multi-turn: {result.output_throughput:.2f} output tok/s, TTFT p50 "

@@ -8,11 +8,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import requests
 from matplotlib import image
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import REPO_ROOT, ServerPool
+from tests.server.test_metrics import scrape
+
+CACHE_HITS = "qwen3_api_response_cache_hits_total[]"
 
 
 def test_bench_sweep_writes_a_plot(server_pool: ServerPool, tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -21,20 +22,14 @@ def test_bench_sweep_writes_a_plot(server_pool: ServerPool, tiny_model_dir: Path
     command = [sys.executable, "-m", "qwen3_api.cli", "bench", "--url", torch_server.url, "--num-requests", "2",
                "--concurrency", "1", "--concurrency", "2", "--prompt-tokens", "8", "--output-tokens", "4",
                "--tokenizer", str(tiny_model_dir), "--json-out", str(results), "--plot", str(png)]  # fmt: skip
-    hits_before = response_cache_hits(torch_server.url)
+    hits_before = scrape(torch_server)[CACHE_HITS]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
     assert done.returncode == 0, done.stderr
     # Each level sent fresh prompts: none was answered from the response cache (greedy requests are cacheable).
-    assert response_cache_hits(torch_server.url) == hits_before
+    assert scrape(torch_server)[CACHE_HITS] == hits_before
     assert f"plot written to {png}" in done.stdout
     sweep = json.loads(results.read_text())
     assert [r["concurrency"] for r in sweep] == [1, 2] and all(r["completed"] == 2 for r in sweep)
     pixels = image.imread(png)
     assert pixels.shape[0] > 400 and pixels.shape[1] > 1200  # three panels side by side
     assert np.std(pixels[..., :3]) > 0.05  # drawn, not blank
-
-
-def response_cache_hits(url: str) -> float:
-    text = requests.get(f"{url}/metrics", timeout=10).text
-    return next(s.value for f in text_string_to_metric_families(text) for s in f.samples
-                if s.name == "qwen3_api_response_cache_hits_total")  # fmt: skip

@@ -55,7 +55,6 @@ class LLMEngine:
         self._matchers: dict[str, GrammarMatcher] = {}  # requests with structured output
         self._thoughts: dict[str, ThoughtTracker] = {}  # requests with a thinking budget
         self._arrivals = 0
-        self.num_steps = 0
         self.timing = StepTiming()
 
     def add_request(
@@ -106,6 +105,11 @@ class LLMEngine:
         for request_id in ids:
             self._matchers.pop(request_id, None)
             self._thoughts.pop(request_id, None)
+
+    @property
+    def num_steps(self) -> int:
+        """Steps computed so far (those with something scheduled)."""
+        return self.timing.steps
 
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.has_unfinished()
@@ -171,7 +175,6 @@ class LLMEngine:
 
     def _compute(self, out: SchedulerOutput) -> list[CoreOutput]:
         """Forward, sample and update one scheduled step; its outputs."""
-        self.num_steps += 1
         if self.speculator is not None:
             self.scheduler.attach_drafts(out, self.speculator.propose(out, self._speculates))
         forward_started = time.perf_counter()
