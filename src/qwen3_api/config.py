@@ -84,6 +84,11 @@ class Settings(BaseSettings):
         "when more conversations are open than run at once; costs decode time, as attention spans their cells. "
         "With --max-num-seqs at most 256 (llama.cpp's limit)",
     )  # fmt: skip
+    llamacpp_host_cache_memory: float | None = Field(
+        None, ge=0, description="GiB of host memory for finished conversations' llama.cpp KV once their sequence "
+        "is needed for another request, restored (copied back) when a later prompt starts the same way (LRU); "
+        "default: a quarter of the memory available after weights and KV, at most 8 GiB; 0: off",
+    )  # fmt: skip
     llamacpp_flash_attention: Literal["auto", "on", "off"] = Field(
         "auto", description="llama.cpp flash attention; auto: on, except with per-sequence KV asked for "
         "(--no-llamacpp-kv-unified), the batch-invariant setting, where it would make a sequence's logits depend "

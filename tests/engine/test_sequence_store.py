@@ -198,3 +198,39 @@ def test_a_write_cut_short_leaves_the_previous_snapshot_and_the_budget_holds(tmp
     assert tight.files.disk_bytes() <= tight.files.max_bytes
     for e in (engine, fresh):
         runner_of(e).close()
+
+
+def test_conversations_in_the_host_cache_go_to_disk_and_come_back_there(tmp_path: Path) -> None:
+    """One sequence: the first conversation is in host memory when the snapshot is taken, the second in the
+    sequence. A fresh engine gets the second back into its sequence, the first into its host cache, and the
+    first one's next turn is a prefix hit with the logprobs of computing it cold."""
+    settings = Settings(model="unused", max_num_seqs=1, max_num_batched_tokens=256, llamacpp_kv_unified=False,
+                        llamacpp_host_cache_memory=1.0)  # fmt: skip
+
+    def one_sequence() -> LLMEngine:
+        return build_llamacpp_engine(settings, gguf(), tokenizer(), MAX_MODEL_LEN)
+
+    prefix, first_prompt, _ = prompts()
+    other = [5000 + i for i in range(80)]
+    before = one_sequence()
+    generate(before, "a", first_prompt)
+    generate(before, "b", other)  # "a" moves to host memory
+    assert len(runner_of(before).host_cache) == 1
+    store = store_of(tmp_path, before)
+    store.save(runner_of(before).export_retained(store.max_bytes))
+    runner_of(before).close()
+
+    after = one_sequence()
+    snapshot = store.load()
+    assert snapshot is not None and len(snapshot) == 2
+    # each holds its prompt and 3 of its 4 output tokens (the last one was never decoded)
+    assert runner_of(after).restore_retained(snapshot) == (2, len(first_prompt) + len(other) + 2 * 3)
+    assert runner_of(after).num_retained_slots == 1 and len(runner_of(after).host_cache) == 1
+    next_turn = [*first_prompt, 31, 32]
+    cached, logprobs = generate(after, "a2", next_turn)
+    assert cached == len(first_prompt)
+    cold = build_llamacpp_engine(settings.model_copy(update={"enable_prefix_caching": False}), gguf(), tokenizer(),
+                                 MAX_MODEL_LEN)  # fmt: skip
+    assert generate(cold, "cold", next_turn) == (0, logprobs)
+    for engine in (after, cold):
+        runner_of(engine).close()

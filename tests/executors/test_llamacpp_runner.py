@@ -449,6 +449,85 @@ def test_copy_and_takeover_of_one_retained_sequence_in_one_batch(model_name: str
         warm.close()
 
 
+# -- the host-memory cache: a conversation whose sequence another request took is restored, not recomputed -----
+
+
+def test_a_saved_conversation_is_restored_into_its_next_turn_with_cold_logits(model_name: str) -> None:
+    base, other = prompts(6, seed=34)[5], prompts(5, seed=35)[4]  # 100 and 64 tokens
+    turn2 = base + [21, 22, 23]
+    path = gguf_of(model_name, "Q8_0")
+    cold = LlamaCppModelRunner(path, max_num_seqs=1, max_model_len=MAX_MODEL_LEN)
+    warm = LlamaCppModelRunner(path, max_num_seqs=1, max_model_len=MAX_MODEL_LEN, reuse_prefixes=True,
+                               host_cache_bytes=2**30)  # fmt: skip
+    try:
+        expected = (cold.forward([BatchEntry(turn2, 0, [], True, "c")]),
+                    cold.forward([BatchEntry([5], len(turn2), [], True, "c")]))  # fmt: skip
+        warm.forward([BatchEntry(base, 0, [], True, "a")])
+        warm.release(["a"])
+        warm.forward([BatchEntry(other, 0, [], True, "b")])  # takes the one sequence: "a" goes to host memory
+        assert len(warm.host_cache) == 1 and warm.host_cache.num_bytes > 0
+        warm.release(["b"])
+        hit = warm.lookup_prefix("a2", turn2)
+        assert hit == len(base)
+        got = warm.forward([BatchEntry(turn2[hit:], hit, [], True, "a2")])
+        step = warm.forward([BatchEntry([5], len(turn2), [], True, "a2")])
+        assert warm.host_cache.num_restored == 1 and len(warm.host_cache) == 2  # "b" was saved in its turn
+        assert torch.equal(got, expected[0]) and torch.equal(step, expected[1])
+    finally:
+        cold.close()
+        warm.close()
+
+
+def test_a_saved_state_llama_cpp_refuses_is_recomputed_for_the_request_it_was_promised_to() -> None:
+    base, other = prompts(6, seed=36)[5], prompts(5, seed=37)[4]
+    turn2 = base + [21, 22, 23]
+    path = gguf_of("tiny", "Q8_0")
+    cold = LlamaCppModelRunner(path, max_num_seqs=1, max_model_len=MAX_MODEL_LEN)
+    warm = LlamaCppModelRunner(path, max_num_seqs=1, max_model_len=MAX_MODEL_LEN, reuse_prefixes=True,
+                               host_cache_bytes=2**30)  # fmt: skip
+    try:
+        expected = cold.forward([BatchEntry(turn2, 0, [], True, "c")])
+        warm.forward([BatchEntry(base, 0, [], True, "a")])
+        warm.release(["a"])
+        warm.forward([BatchEntry(other, 0, [], True, "b")])
+        warm.release(["b"])
+        (entry,) = warm.host_cache.entries()
+        entry.state = entry.state[: entry.num_bytes // 2]  # type: ignore[index]  # as a damaged file would give
+        hit = warm.lookup_prefix("a2", turn2)
+        assert hit == len(base)
+        got = warm.forward([BatchEntry(turn2[hit:], hit, [], True, "a2")])
+        assert torch.equal(got, expected)
+        assert warm.host_cache.num_restored == 0 and not warm.host_cache.holds(base)
+    finally:
+        cold.close()
+        warm.close()
+
+
+@pytest.mark.parametrize("host_gib", [1.0, 0.0])
+def test_more_conversations_than_sequences_keep_their_history_in_host_memory(model_name: str, host_gib: float) -> None:
+    """Five conversations on one sequence: with the host cache every second turn finds its whole first turn and
+    answers as a cold engine does; without it only the most recent conversation still has its cells."""
+    rng = random.Random(43)
+    first_turns = [[rng.randrange(0, 151000) for _ in range(90)] for _ in range(5)]
+    engine = make_engine(model_name, max_num_seqs=1, llamacpp_host_cache_memory=host_gib)
+    cold = make_engine(model_name, max_num_seqs=1, enable_prefix_caching=False)
+    answers = {i: run(engine, {f"c{i}-1": (p, greedy(6))})[f"c{i}-1"] for i, p in enumerate(first_turns)}
+    hits = {}
+    for i in reversed(range(len(first_turns))):
+        second = first_turns[i] + answers[i] + [7, 8, 9]
+        tokens, cached = run_with_cache_counts(engine, {f"c{i}-2": (second, greedy(4))})
+        assert tokens[f"c{i}-2"] == run(cold, {f"cold{i}": (second, greedy(4))})[f"cold{i}"]
+        hits[i] = cached[f"c{i}-2"]
+    whole = [i for i in hits if hits[i] >= len(first_turns[i]) + len(answers[i]) - 1]
+    assert whole == ([4, 3, 2, 1, 0] if host_gib else [4]), hits
+    stats = engine.stats()
+    if host_gib:  # the four older conversations came back from host memory (the newest was still in its sequence)
+        assert stats["host_cache_restored"] == 4 and stats["host_cache_entries"] >= 4
+        assert stats["host_cache_bytes"] > 0 and stats["host_cache_saved"] >= 8
+    else:
+        assert "host_cache_restored" not in stats
+
+
 # -- one shared KV pool (the served default): long requests use what idle sequences do not ---------------------
 
 POOL_CELLS = 2048  # per-sequence KV would give each of 4 sequences 512 cells
@@ -477,14 +556,15 @@ def test_shared_pool_serves_a_long_request_beside_another_and_evicts_retained_pr
     assert run(shared_pool_engine("tiny"), {"long": (long_prompts[0], greedy(16)), "short": (short, greedy(16))}) == first
 
 
-@pytest.mark.parametrize("retained", [16, 0])
-def test_shared_pool_keeps_more_conversations_than_it_runs(retained: int) -> None:
-    """Six conversations, two running at a time: with 16 sequence ids kept for finished requests each one's second
-    turn finds its first turn's cells; with none kept beside the running two (the default), only the two most
-    recent conversations still have theirs."""
+@pytest.mark.parametrize(("retained", "host_gib"), [(16, 0.0), (0, 0.0), (0, 1.0)])
+def test_shared_pool_keeps_more_conversations_than_it_runs(retained: int, host_gib: float) -> None:
+    """Six conversations, two running at a time: with 16 sequence ids kept for finished requests, or with the
+    host-memory cache, each one's second turn finds its first turn's cells; with neither, only the two most recent
+    conversations still have theirs."""
     rng = random.Random(42)
     first_turns = [[rng.randrange(0, 151000) for _ in range(120)] for _ in range(6)]
-    engine = shared_pool_engine("tiny", max_num_seqs=2, llamacpp_retained_sequences=retained)
+    engine = shared_pool_engine("tiny", max_num_seqs=2, llamacpp_retained_sequences=retained,
+                                llamacpp_host_cache_memory=host_gib)  # fmt: skip
     runner = engine.runner
     assert isinstance(runner, LlamaCppModelRunner) and runner.num_slots == 2 + retained
     answers = {}
@@ -496,7 +576,7 @@ def test_shared_pool_keeps_more_conversations_than_it_runs(retained: int) -> Non
         tokens, cached = run_with_cache_counts(engine, {f"c{i}-2": (second, greedy(4))})
         assert len(tokens[f"c{i}-2"]) == 4
         hits[i] = cached[f"c{i}-2"]
-    if retained:
+    if retained or host_gib:
         assert all(hits[i] >= len(first_turns[i]) for i in hits), hits
     else:
         assert [i for i in hits if hits[i] >= len(first_turns[i])] == [5, 4], hits

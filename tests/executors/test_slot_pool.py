@@ -1,9 +1,11 @@
-"""The llama.cpp slot planner: retained slots, takeover and copy of cached prefixes, eviction, promises."""
+"""The llama.cpp slot planner: retained slots, takeover and copy of cached prefixes, eviction, promises, and the
+host-memory cache that saves and restores sequences a slot loses."""
 
 from __future__ import annotations
 
 import pytest
 
+from qwen3_api.executors.host_states import HostStateCache
 from qwen3_api.executors.slot_pool import SlotOp, SlotPool, common_prefix_length
 
 BASE = list(range(1000, 1100))  # a 100-token prompt
@@ -260,3 +262,86 @@ def test_a_compact_pool_fills_a_hole_and_otherwise_extends_a_run_from_an_empty_s
         slot = p.slot_of("e")
         assert slot is not None and slot.seq_id == 3  # extends the run from an empty slot; a's cells stay
         assert p.num_retained == 1 and p.lookup("a2", [1] * 40 + [7]) == 40
+
+
+# -- with a host-memory cache: cells a slot loses are saved and restored -----------------------------------------
+
+
+def host_pool(num_slots: int = 1) -> tuple[SlotPool, HostStateCache]:
+    host = HostStateCache(10_000)
+    return SlotPool(num_slots, reuse_prefixes=True, min_reuse_tokens=16, min_copy_tokens=64, host=host), host
+
+
+def run_ops(host: HostStateCache, ops: list[SlotOp]) -> list[SlotOp]:
+    """Carry out the saves as the runner does (a stand-in state of one byte per token), return the ops."""
+    for op in ops:
+        if op.kind == "save":
+            host.put(list(op.tokens), f"state of {op.seq_id}", len(op.tokens))
+    return ops
+
+
+def host_request(p: SlotPool, host: HostStateCache, request_id: str, tokens: list[int]) -> list[SlotOp]:
+    hit = p.lookup(request_id, tokens)
+    ops = run_ops(host, p.assign([request_id]))
+    slot = p.slot_of(request_id)
+    assert slot is not None and slot.num_cached == hit
+    p.record(request_id, hit, tokens[hit:])
+    return ops
+
+
+def test_a_conversation_whose_slot_another_takes_is_saved_and_its_next_turn_restores_it() -> None:
+    p, host = host_pool(1)
+    host_request(p, host, "a", BASE)
+    p.release("a")
+    other = list(range(5000, 5040))
+    assert host_request(p, host, "b", other) == [SlotOp("save", 0, 100, tokens=tuple(BASE)), SlotOp("trim", 0, 0)]
+    p.release("b")
+    turn2 = BASE + [1, 2, 3]
+    assert p.lookup("a2", turn2) == 100
+    ops = run_ops(host, p.assign(["a2"]))
+    entry = host.best_match(BASE, 100)[0]
+    assert entry is not None and entry.state == "state of 0"
+    assert ops == [SlotOp("save", 0, 40, tokens=tuple(other)), SlotOp("trim", 0, 0),
+                   SlotOp("restore", 0, 100, entry=entry)]  # fmt: skip
+    slot = p.slot_of("a2")
+    assert slot is not None and slot.tokens == BASE
+    assert len(host) == 2  # both chats are in host memory now
+
+
+def test_a_takeover_that_cuts_a_conversation_saves_it_first() -> None:
+    p, host = host_pool(1)
+    host_request(p, host, "a", BASE)
+    p.release("a")
+    shares_20 = BASE[:20] + [7] * 30
+    assert p.lookup("c", shares_20) == 20  # no empty slot: "c" takes the slot over
+    assert run_ops(host, p.assign(["c"])) == [SlotOp("save", 0, 100, tokens=tuple(BASE)), SlotOp("trim", 0, 20)]
+    assert host.holds(BASE)
+
+
+def test_cells_the_host_cache_already_holds_are_not_saved_again() -> None:
+    p, host = host_pool(1)
+    host_request(p, host, "a", BASE)
+    p.release("a")
+    host_request(p, host, "b", list(range(5000, 5040)))
+    p.release("b")
+    # "r" restores 60 tokens of "a" and computes the 61st: all of it is in the saved entry already.
+    assert host_request(p, host, "r", BASE[:61])[-1].kind == "restore"
+    p.release("r")
+    assert host_request(p, host, "s", list(range(6000, 6040))) == [SlotOp("trim", 0, 0)]
+
+
+def test_a_slot_holding_the_prefix_wins_a_tie_with_the_host_cache() -> None:
+    p, host = host_pool(2)
+    host.put(BASE, "saved", 100)
+    host_request(p, host, "a", BASE)  # restored from host memory into an empty slot
+    p.release("a")
+    assert p.lookup("b", BASE + [5]) == 100
+    assert p.assign(["b"]) == [SlotOp("trim", 0, 100)]  # a takeover: no copy back
+
+
+def test_short_saved_prefixes_are_not_restored_and_a_pool_without_reuse_keeps_no_host_cache() -> None:
+    p, host = host_pool(1)
+    host.put(BASE, "saved", 100)
+    assert p.lookup("x", BASE[:15] + [9, 9]) == 0
+    no_reuse = SlotPool(1, reuse_prefixes=False, host=HostStateCache(10_000))
+    assert no_reuse.host is None and no_reuse.lookup("y", BASE) == 0

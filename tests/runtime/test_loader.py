@@ -84,6 +84,19 @@ def test_per_sequence_kv_splits_the_budget_evenly() -> None:
     assert shared.max_model_len == GIB // 114_688 == shared.cells
 
 
+def test_the_host_cache_gets_a_quarter_of_what_weights_and_kv_leave_at_most_8_gib() -> None:
+    fits = Settings(model="m", max_num_seqs=16, max_model_len=1024)  # 16,384 cells: 1.75 GiB of KV
+    plan = llamacpp_kv_plan(fits, METADATA, model_bytes=2 * GIB, available_bytes=12 * GIB)
+    assert plan.host_cache_bytes == int(0.25 * (12 * GIB - 2 * GIB - 16 * 1024 * 114_688))
+    big = llamacpp_kv_plan(fits, METADATA, model_bytes=2 * GIB, available_bytes=200 * GIB)
+    assert big.host_cache_bytes == 8 * GIB
+    asked = fits.model_copy(update={"llamacpp_host_cache_memory": 0.5})
+    assert llamacpp_kv_plan(asked, METADATA, model_bytes=2 * GIB, available_bytes=12 * GIB).host_cache_bytes == GIB // 2
+    for off in ({"llamacpp_host_cache_memory": 0.0}, {"enable_prefix_caching": False}):
+        plan = llamacpp_kv_plan(fits.model_copy(update=off), METADATA, model_bytes=2 * GIB, available_bytes=12 * GIB)
+        assert plan.host_cache_bytes == 0, off
+
+
 def test_q8_0_cells_hold_almost_twice_the_tokens() -> None:
     settings = Settings(model="m", kv_cache_memory=1.0, kv_cache_dtype="q8_0", max_model_len=40960)
     assert llamacpp_kv_plan(settings, METADATA, model_bytes=0).max_model_len == int(GIB // (114_688 * 34 / 64))

@@ -48,6 +48,23 @@ def kv_unified_for(settings: Settings, budget_cells: int | None, max_model_len: 
     return budget_cells is not None and budget_cells < settings.max_num_seqs * max_model_len
 
 
+# Where --llamacpp-host-cache-memory is unset: this share of the memory left after weights and KV, at most the cap.
+HOST_CACHE_SHARE = 0.25
+HOST_CACHE_MAX_BYTES = 8 * 2**30
+
+
+def host_cache_bytes_for(settings: Settings, free_bytes: int) -> int:
+    """Bytes of host memory for finished sequences' saved states (`host_states`): `--llamacpp-host-cache-memory`
+    GiB, else HOST_CACHE_SHARE of `free_bytes` (what weights and KV leave), at most HOST_CACHE_MAX_BYTES; 0 without
+    prefix caching. A state costs what its cells do (0.6b shape, f16: 112 KiB per token, so 8 GiB holds ~75,000
+    tokens of conversations); restoring one is a memory copy where recomputing it is a prefill."""
+    if not settings.enable_prefix_caching:
+        return 0
+    if settings.llamacpp_host_cache_memory is not None:
+        return int(settings.llamacpp_host_cache_memory * 2**30)
+    return int(min(HOST_CACHE_SHARE * max(free_bytes, 0), HOST_CACHE_MAX_BYTES))
+
+
 def flash_attention_for(settings: Settings) -> bool:
     """`--llamacpp-flash-attention`, with auto resolved: on (llama.cpp's fastest attention on a CPU: 16 sequences
     with per-sequence KV decode in 184 ms with it, 235 ms without), except where per-sequence KV was asked for

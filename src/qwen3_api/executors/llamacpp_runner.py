@@ -30,9 +30,10 @@ import torch
 
 from qwen3_api.engine.protocols import BatchEntry, SequenceStates
 from qwen3_api.errors import EngineError, ModelLoadError
+from qwen3_api.executors.host_states import HostStateCache
 from qwen3_api.executors.llamacpp_options import resolve_weight_repack
 from qwen3_api.executors.llamacpp_repack import repack_overrides
-from qwen3_api.executors.llamacpp_state import read_retained, write_retained
+from qwen3_api.executors.llamacpp_state import read_retained, restore_sequence, save_sequence, write_retained
 from qwen3_api.executors.slot_pool import SlotOp, SlotPool
 from qwen3_api.models.llama_vocab import init_llama_backend
 
@@ -81,6 +82,7 @@ class LlamaCppModelRunner:
         kv_unified: bool = False,
         kv_cells: int | None = None,
         retained_sequences: int = 0,
+        host_cache_bytes: int = 0,
         max_draft_tokens: int = 0,
     ) -> None:
         """`kv_cache_type` "f32" makes logits of an F32 GGUF match a float32 reference to ~1e-5 instead of ~1e-3
@@ -94,7 +96,9 @@ class LlamaCppModelRunner:
         one long request can use what idle sequences do not; the caller must then keep the live tokens within
         the pool (the engine's block accounting does), and retained prefixes are dropped when cells run short.
         `retained_sequences` (shared pool only) adds sequence ids beyond `max_num_seqs` for finished requests'
-        cells, so more conversations than run at once keep their prefixes.
+        cells, so more conversations than run at once keep their prefixes. `host_cache_bytes` (with
+        `reuse_prefixes`) keeps the cells of finished requests whose sequence id is needed again in host memory,
+        restored when a later prompt starts the same way (`host_states`).
         "q8_0" cells need flash attention (llama.cpp refuses quantized V cells without), so it is turned on.
         `n_threads_batch` (prefill; default `n_threads`) and `n_ubatch` (physical batch; default DEFAULT_UBATCH, at
         most `n_batch`) are llama.cpp's own knobs. `max_draft_tokens` (speculative decoding) is the most draft
@@ -175,18 +179,20 @@ class LlamaCppModelRunner:
         self.n_batch = n_batch = llama_cpp.llama_n_batch(self._ctx)
         self.n_ubatch: int = llama_cpp.llama_n_ubatch(self._ctx)
         self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
+        self.host_cache = HostStateCache(host_cache_bytes if reuse_prefixes else 0)
         self._pool = SlotPool(
             num_slots, reuse_prefixes=reuse_prefixes, min_reuse_tokens=min_reuse_tokens,
-            min_copy_tokens=min_copy_tokens, compact=not kv_unified,
+            min_copy_tokens=min_copy_tokens, compact=not kv_unified, host=self.host_cache,
         )  # fmt: skip
         logger.info(
             "llama.cpp: %s, vocab %d, %d sequences (+%d for finished ones' prefixes), %s KV of %d %s cells, batch "
-            "%d/%d, %d/%d threads, flash attention %s, weight repacking %s",
+            "%d/%d, %d/%d threads, flash attention %s, weight repacking %s, host cache of finished sequences %s",
             self.gguf_path.name, self.vocab_size, max_num_seqs, retained_sequences,
             "one shared" if kv_unified else "per-sequence", self.n_ctx if kv_unified else self.n_ctx_seq,
             kv_cache_type, n_batch, self.n_ubatch, self.n_threads,
             self.n_threads_batch, "on" if self.flash_attention else "off",
             _repack_note(self.weight_repack, self.repacked_tensors),
+            f"{self.host_cache.max_bytes / 2**30:.1f} GiB" if self.host_cache.max_bytes else "off",
         )  # fmt: skip
 
     # -- per-request state ---------------------------------------------------------------------------------
@@ -230,20 +236,31 @@ class LlamaCppModelRunner:
     @property
     def retained_version(self) -> int:
         """Changes whenever a finished sequence is retained."""
-        return self._pool.num_retentions
+        return self._pool.num_retentions + self.host_cache.num_saved
 
     def export_retained(self, max_bytes: int) -> SequenceStates:
-        """The retained sequences' tokens and llama.cpp state, hottest first, within `max_bytes`."""
-        return read_retained(self._lib, self._ctx, self._pool, max_bytes)
+        """The retained sequences' tokens and llama.cpp state, hottest first, then the host cache's, within
+        `max_bytes`."""
+        return read_retained(self._lib, self._ctx, self._pool, max_bytes, self.host_cache.entries())
 
     def restore_retained(self, snapshot: SequenceStates) -> tuple[int, int]:
-        """Put stored sequences into empty slots as retained ones (before serving), while cells allow; returns
-        (sequences, tokens) restored. Later prompts reuse them as they would a finished request's."""
+        """Put stored sequences into empty slots as retained ones (before serving), while cells allow, the rest
+        into the host cache while it has room; returns (sequences, tokens) restored. Later prompts reuse them as
+        they would a finished request's."""
         if not self._pool.reuse_prefixes:
             return 0, 0
         total = self.n_ctx if self.kv_unified else self.n_ctx_seq * self.max_num_seqs
         return write_retained(self._lib, self._ctx, self._memory, self._pool, snapshot,
-                              max_tokens_per_seq=self.n_ctx_seq, max_total_tokens=total)  # fmt: skip
+                              max_tokens_per_seq=self.n_ctx_seq, max_total_tokens=total,
+                              host=self._pool.host)  # fmt: skip
+
+    def stats(self) -> dict[str, float]:
+        """The host-memory cache's size and counts, for the engine's metrics (absent when it is off)."""
+        host = self.host_cache
+        if self._pool.host is None:
+            return {}
+        return {"host_cache_bytes": float(host.num_bytes), "host_cache_entries": float(len(host)),
+                "host_cache_saved": float(host.num_saved), "host_cache_restored": float(host.num_restored)}  # fmt: skip
 
     def rollback(self, request_id: str, num_tokens: int) -> None:
         """Keep only the first `num_tokens` positions of a request's sequence: the K/V of draft tokens the sampler
@@ -254,11 +271,36 @@ class LlamaCppModelRunner:
 
     def _run_op(self, op: SlotOp) -> None:
         lib, memory = self._lib, self._memory
-        if op.kind == "copy":
+        if op.kind == "save":
+            host = self.host_cache
+            state = save_sequence(lib, self._ctx, op.seq_id, host.max_bytes)
+            if state is not None:
+                host.put(list(op.tokens), state, state.numel())
+            return  # the trim that follows drops the cells
+        if op.kind == "restore":
+            entry = op.entry
+            if entry is None or not isinstance(entry.state, torch.Tensor):
+                raise EngineError(f"restore of sequence {op.seq_id} without a saved state")
+            why = restore_sequence(lib, self._ctx, memory, op.seq_id, entry.state, entry.num_tokens)
+            if why:
+                # The request was promised these cells: compute them instead (a prefill, as without the cache).
+                logger.warning("host cache: llama.cpp refused a saved sequence of %d tokens (%s); recomputing %d",
+                               entry.num_tokens, why, op.num_tokens)  # fmt: skip
+                self.host_cache.discard(entry)
+                self._prefill(op.seq_id, entry.tokens[: op.num_tokens].tolist())
+                return
+            self.host_cache.touch(entry)
+        elif op.kind == "copy":
             # Between sequences of a non-unified cache llama.cpp copies whole sequences; the buffer copy itself
             # runs at the start of the next decode, before the batch writes any cell.
             lib.llama_memory_seq_cp(memory, op.src_seq_id, op.seq_id, -1, -1)
         lib.llama_memory_seq_rm(memory, op.seq_id, op.num_tokens, -1)
+
+    def _prefill(self, seq_id: int, token_ids: list[int]) -> None:
+        """Compute `token_ids` into the empty sequence `seq_id` from position 0, no logits."""
+        tokens = [(token_id, position, seq_id, False) for position, token_id in enumerate(token_ids)]
+        for begin in range(0, len(tokens), self.n_batch):
+            self._decode(tokens[begin : begin + self.n_batch], torch.empty(0), 0)
 
     def _assign_slots(self, batch: list[BatchEntry]) -> list[int]:
         """Sequence ids of the batch's entries, giving new requests theirs (with any cached prefix) first; cells

@@ -1,6 +1,7 @@
-"""Retained llama.cpp sequences out of and back into a context, through llama.cpp's per-sequence state API
-(`llama_state_seq_get_data` / `llama_state_seq_set_data`): each sequence's KV cells with their positions, read
-into and written from one flat uint8 tensor, so a snapshot is copied once."""
+"""llama.cpp sequences out of and back into a context, through llama.cpp's per-sequence state API
+(`llama_state_seq_get_data` / `llama_state_seq_set_data`): a sequence's KV cells with their positions as bytes.
+Retained sequences go to and come from the disk store as one flat uint8 tensor (a snapshot is copied once); one
+sequence at a time goes to and comes from the host-memory cache (`host_states`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 import torch
 
 from qwen3_api.engine.protocols import SequenceStates
+from qwen3_api.executors.host_states import HostEntry, HostStateCache
 from qwen3_api.executors.slot_pool import SlotPool
 
 logger = logging.getLogger(__name__)
@@ -20,56 +22,93 @@ def _pointer(tensor: torch.Tensor, offset: int) -> Any:
     return ctypes.cast(tensor.data_ptr() + offset, ctypes.POINTER(ctypes.c_uint8))
 
 
-def read_retained(lib: Any, ctx: Any, pool: SlotPool, max_bytes: int) -> SequenceStates:
-    """The pool's retained sequences, hottest first, as many as fit in `max_bytes` with their token ids (4 bytes
-    each) and offsets (a sequence that does not fit is skipped; colder, smaller ones may still be taken)."""
-    chosen: list[tuple[int, list[int], int]] = []  # seq id, tokens, state size
+def save_sequence(lib: Any, ctx: Any, seq_id: int, max_bytes: int) -> torch.Tensor | None:
+    """The state of sequence `seq_id` as a uint8 tensor; None when it is empty or larger than `max_bytes`."""
+    size = int(lib.llama_state_seq_get_size(ctx, seq_id))
+    if not 0 < size <= max_bytes:
+        return None
+    state = torch.empty(size, dtype=torch.uint8)
+    written = int(lib.llama_state_seq_get_data(ctx, _pointer(state, 0), size, seq_id))
+    if written != size:
+        raise RuntimeError(f"llama.cpp wrote {written} of {size} state bytes for sequence {seq_id}")
+    return state
+
+
+def restore_sequence(lib: Any, ctx: Any, memory: Any, seq_id: int, state: torch.Tensor, num_tokens: int) -> str:
+    """Write `state` (of a sequence of `num_tokens` tokens) into the empty sequence `seq_id`; "" when llama.cpp
+    took it, else why not (the sequence is cleared again then)."""
+    read = int(lib.llama_state_seq_set_data(ctx, _pointer(state, 0), state.numel(), seq_id))
+    positions = (lib.llama_memory_seq_pos_min(memory, seq_id), lib.llama_memory_seq_pos_max(memory, seq_id))
+    if read == state.numel() and positions == (0, num_tokens - 1):
+        return ""
+    lib.llama_memory_seq_rm(memory, seq_id, 0, -1)
+    return (f"read {read} of {state.numel()} bytes, positions {positions[0]}..{positions[1]} for {num_tokens} "
+            "tokens")  # fmt: skip
+
+
+def read_retained(lib: Any, ctx: Any, pool: SlotPool, max_bytes: int, saved: list[HostEntry]) -> SequenceStates:
+    """The pool's retained sequences, hottest first, then the `saved` ones (host cache entries, most recent
+    first), as many as fit in `max_bytes` with their token ids (4 bytes each) and offsets (a sequence that does not
+    fit is skipped; colder, smaller ones may still be taken)."""
+    chosen: list[tuple[int | torch.Tensor, list[int], int]] = []  # seq id or saved state, tokens, state size
     total = 0
     cost = 2 * 8  # the two offset lists' leading zeros
-    for slot in pool.hottest_retained():
-        size = int(lib.llama_state_seq_get_size(ctx, slot.seq_id))
-        more = size + 4 * len(slot.tokens) + 2 * 8
+    sources: list[tuple[int | torch.Tensor, list[int], int]] = [
+        (slot.seq_id, slot.tokens, int(lib.llama_state_seq_get_size(ctx, slot.seq_id)))
+        for slot in pool.hottest_retained()
+    ]
+    sources += [(e.state, e.tokens.tolist(), e.num_bytes) for e in saved if isinstance(e.state, torch.Tensor)]
+    for source, tokens, size in sources:
+        more = size + 4 * len(tokens) + 2 * 8
         if size and cost + more <= max_bytes:
-            chosen.append((slot.seq_id, list(slot.tokens), size))
+            chosen.append((source, list(tokens), size))
             total += size
             cost += more
     states = torch.empty(total, dtype=torch.uint8)
     offsets = [0]
-    for seq_id, _, size in chosen:
-        written = int(lib.llama_state_seq_get_data(ctx, _pointer(states, offsets[-1]), size, seq_id))
-        if written != size:
-            raise RuntimeError(f"llama.cpp wrote {written} of {size} state bytes for sequence {seq_id}")
+    for source, _, size in chosen:
+        if isinstance(source, torch.Tensor):
+            states[offsets[-1] : offsets[-1] + size] = source
+        else:
+            written = int(lib.llama_state_seq_get_data(ctx, _pointer(states, offsets[-1]), size, source))
+            if written != size:
+                raise RuntimeError(f"llama.cpp wrote {written} of {size} state bytes for sequence {source}")
         offsets.append(offsets[-1] + size)
     return SequenceStates([tokens for _, tokens, _ in chosen], states, offsets)
 
 
 def write_retained(
     lib: Any, ctx: Any, memory: Any, pool: SlotPool, snapshot: SequenceStates, *, max_tokens_per_seq: int,
-    max_total_tokens: int,
+    max_total_tokens: int, host: HostStateCache | None = None,
 ) -> tuple[int, int]:  # fmt: skip
     """Restore `snapshot`'s sequences (hottest first) into empty slots and retain them in `pool`, while they fit
-    (`max_tokens_per_seq` each, `max_total_tokens` in all); returns (sequences, tokens) restored. A state
+    (`max_tokens_per_seq` each, `max_total_tokens` in all), and those that find no slot into `host` (coldest
+    first, so the hottest ends most recent) while it has room; returns (sequences, tokens) restored. A state
     llama.cpp refuses, or whose positions do not match its tokens, is dropped (one log line in all)."""
     restored = tokens_in = 0
     refused = []
+    unplaced: list[int] = []
     for i, tokens in enumerate(snapshot.tokens):
-        if not tokens or len(tokens) > max_tokens_per_seq or tokens_in + len(tokens) > max_total_tokens:
+        if not tokens or len(tokens) > max_tokens_per_seq:
             continue
-        seq_id = pool.take_empty()
+        seq_id = pool.take_empty() if tokens_in + len(tokens) <= max_total_tokens else None
         if seq_id is None:
-            break
-        begin, end = snapshot.offsets[i], snapshot.offsets[i + 1]
-        read = int(lib.llama_state_seq_set_data(ctx, _pointer(snapshot.states, begin), end - begin, seq_id))
-        positions = (lib.llama_memory_seq_pos_min(memory, seq_id), lib.llama_memory_seq_pos_max(memory, seq_id))
-        if read != end - begin or positions != (0, len(tokens) - 1):
-            lib.llama_memory_seq_rm(memory, seq_id, 0, -1)
+            unplaced.append(i)
+            continue
+        state = snapshot.states[snapshot.offsets[i] : snapshot.offsets[i + 1]]
+        why = restore_sequence(lib, ctx, memory, seq_id, state, len(tokens))
+        if why:
             pool.put_back_empty(seq_id)
-            refused.append(f"#{i} (read {read} of {end - begin} bytes, positions {positions[0]}..{positions[1]} "
-                           f"for {len(tokens)} tokens)")  # fmt: skip
+            refused.append(f"#{i} ({why})")
             continue
         pool.adopt_retained(seq_id, tokens)
         restored += 1
         tokens_in += len(tokens)
+    for i in reversed(unplaced if host is not None else []):  # checked by llama.cpp when restored, not here
+        state = snapshot.states[snapshot.offsets[i] : snapshot.offsets[i + 1]].clone()
+        if host is not None and host.put(snapshot.tokens[i], state, state.numel()) is not None:
+            restored += 1
+            tokens_in += len(snapshot.tokens[i])
     if refused:
         logger.warning("prefix cache: llama.cpp refused %d stored sequences: %s", len(refused), "; ".join(refused))
     return restored, tokens_in

@@ -21,6 +21,11 @@ a new request the free slot that leaves the fewest runs of live ids: one filling
 kept conversation: a hole costs every step), then one extending a run, into a hole before past the ends; among
 equals empty before retained, least recently used first.
 
+With a host-memory cache (`host_states`), a retained slot's cells are saved there before they are dropped (the
+slot is needed for another request, or a takeover cuts them), and a new request whose prompt starts with a saved
+sequence gets a free slot with that state restored (copied back) instead of recomputing it: more conversations
+than sequence ids keep their history at the cost of a memory copy, and no decode step pays for them.
+
 The scheduler learns a hit through `lookup` (wired as the KV cache manager's prefix source), which records a
 promise; `assign` then honours it in the same step. Promises live for one step.
 """
@@ -32,6 +37,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
+
+from qwen3_api.executors.host_states import HostEntry, HostStateCache
 
 
 @dataclass
@@ -52,12 +59,16 @@ class SlotOp:
 
     "trim": drop the cells of `seq_id` from position `num_tokens` on (0 clears it).
     "copy": make `seq_id` hold the first `num_tokens` positions of `src_seq_id` (copy, then trim).
+    "save": put the state of `seq_id`, which holds `tokens`, into the host cache (a trim follows).
+    "restore": make the empty `seq_id` hold the first `num_tokens` positions of the host cache's `entry`.
     """
 
-    kind: Literal["trim", "copy"]
+    kind: Literal["trim", "copy", "save", "restore"]
     seq_id: int
     num_tokens: int
     src_seq_id: int = -1
+    tokens: tuple[int, ...] = ()
+    entry: HostEntry | None = None
 
 
 @dataclass(frozen=True)
@@ -80,7 +91,8 @@ class SlotPool:
     """Slots of live requests, retained slots (prefix cache) and free ones; see the module docstring."""
 
     def __init__(self, num_slots: int, *, reuse_prefixes: bool, min_reuse_tokens: int = 16,
-                 min_copy_tokens: int = 64, compact: bool = False) -> None:  # fmt: skip
+                 min_copy_tokens: int = 64, compact: bool = False, host: HostStateCache | None = None,
+                 ) -> None:  # fmt: skip
         if num_slots < 1:
             raise ValueError(f"num_slots must be >= 1, got {num_slots}")
         if min_reuse_tokens < 1 or min_copy_tokens < min_reuse_tokens:
@@ -90,10 +102,12 @@ class SlotPool:
         self.min_reuse_tokens = min_reuse_tokens
         self.min_copy_tokens = min_copy_tokens
         self.compact = compact
+        self.host = host if reuse_prefixes and host is not None and host.max_bytes > 0 else None
         self._live: dict[str, Slot] = {}
         self._retained: OrderedDict[int, Slot] = OrderedDict()  # by seq id, least recently released first
         self._empty = list(range(num_slots - 1, -1, -1))  # pop() hands out 0 first
         self._promises: dict[str, _Promise] = {}
+        self._restores: dict[str, tuple[HostEntry, int]] = {}  # promises of a host cache entry
         self.num_retentions = 0  # slots ever retained: tells a prefix cache snapshot whether it is stale
 
     # -- queries --------------------------------------------------------------------------------------------
@@ -120,6 +134,7 @@ class SlotPool:
         """Tokens of `token_ids` (a new request's prompt) whose K/V a slot already holds, at most all but the
         last; records a promise that `assign` honours in this step. 0 when nothing worth reusing is cached."""
         self._promises.pop(request_id, None)
+        self._restores.pop(request_id, None)
         if not self.reuse_prefixes or len(token_ids) < 2:
             return 0
         limit = len(token_ids) - 1
@@ -136,6 +151,11 @@ class SlotPool:
                 continue
             if (num, takeover) > best:
                 best, best_slot = (num, takeover), slot
+        if self.host is not None:
+            entry, num = self.host.best_match(token_ids, limit)  # a slot's cells win a tie: no copy back
+            if entry is not None and num >= self.min_reuse_tokens and num > best[0]:
+                self._restores[request_id] = (entry, num)
+                return num
         if best_slot is None:
             return 0
         self._promises[request_id] = _Promise(best_slot, best[0], best[1])
@@ -148,7 +168,9 @@ class SlotPool:
         operations to run, in order, before the batch is decoded. Clears every promise."""
         wanted = set(new_request_ids)
         promises = {r: p for r, p in self._promises.items() if r in wanted}
+        restores = {r: hit for r, hit in self._restores.items() if r in wanted}
         self._promises.clear()
+        self._restores.clear()
         ops: list[SlotOp] = []
 
         def retained(promise: _Promise) -> bool:
@@ -183,14 +205,26 @@ class SlotPool:
                 slot = self._take_free(set(), ops)
                 if slot is None:
                     raise RuntimeError(f"all {self.num_slots} llama.cpp sequences are taken")
+                if request_id in restores:
+                    entry, num = restores[request_id]
+                    ops.append(SlotOp("restore", slot.seq_id, num, entry=entry))
+                    slot.tokens = entry.tokens[:num].tolist()
                 self._live[request_id] = slot
         return ops
 
     def _take_over(self, request_id: str, promise: _Promise, ops: list[SlotOp]) -> None:
         slot = self._retained.pop(promise.source.seq_id)
-        ops.append(SlotOp("trim", slot.seq_id, promise.num_tokens))
+        self._clear(slot, promise.num_tokens, ops)
         del slot.tokens[promise.num_tokens :]
         self._live[request_id] = slot
+
+    def _clear(self, slot: Slot, keep: int, ops: list[SlotOp]) -> None:
+        """Drop a retained slot's cells from position `keep` on; saved to the host cache first when that drops at
+        least `min_reuse_tokens` it does not hold yet."""
+        host = self.host
+        if host is not None and slot.num_cached - keep >= self.min_reuse_tokens and not host.holds(slot.tokens):
+            ops.append(SlotOp("save", slot.seq_id, slot.num_cached, tokens=tuple(slot.tokens)))
+        ops.append(SlotOp("trim", slot.seq_id, keep))
 
     def _take_free(self, busy: set[int], ops: list[SlotOp]) -> Slot | None:
         """An empty slot, else the least recently retained one not in `busy` (its cells cleared); None if none.
@@ -201,8 +235,7 @@ class SlotPool:
             return Slot(self._empty.pop())
         for seq_id in self._retained:
             if seq_id not in busy:
-                self._retained.pop(seq_id)
-                ops.append(SlotOp("trim", seq_id, 0))
+                self._clear(self._retained.pop(seq_id), 0, ops)
                 return Slot(seq_id)
         return None
 
@@ -225,8 +258,7 @@ class SlotPool:
         if seq_id in empty:
             self._empty.remove(seq_id)
         else:
-            self._retained.pop(seq_id)
-            ops.append(SlotOp("trim", seq_id, 0))
+            self._clear(self._retained.pop(seq_id), 0, ops)
         return Slot(seq_id)
 
     # -- bookkeeping ---------------------------------------------------------------------------------------
@@ -245,7 +277,7 @@ class SlotPool:
 
     def evict_retained(self, max_cells: int) -> list[SlotOp]:
         """Clear retained slots, least recently released first, until live and retained slots hold at most
-        `max_cells` tokens (a unified cache: every slot's cells come from one pool); returns the trims to run."""
+        `max_cells` tokens (a unified cache: every slot's cells come from one pool); returns the operations to run."""
         used = sum(slot.num_cached for slot in self._live.values()) + sum(
             slot.num_cached for slot in self._retained.values()
         )
@@ -254,13 +286,14 @@ class SlotPool:
             seq_id, slot = self._retained.popitem(last=False)
             used -= slot.num_cached
             self._empty.append(seq_id)
-            ops.append(SlotOp("trim", seq_id, 0))
+            self._clear(slot, 0, ops)
         return ops
 
     def release(self, request_id: str) -> SlotOp | None:
         """Free a finished, aborted or preempted request's slot: retained for reuse when prefix reuse is on and it
         holds anything, else cleared (the returned operation)."""
         self._promises.pop(request_id, None)
+        self._restores.pop(request_id, None)
         slot = self._live.pop(request_id, None)
         if slot is None:
             return None

@@ -13,7 +13,12 @@ from qwen3_api.engine.llm_engine import LLMEngine
 from qwen3_api.engine.sequence import Sequence
 from qwen3_api.engine.speculative import Speculator, speculative_config
 from qwen3_api.engine.tokenizer import Tokenizer
-from qwen3_api.executors.llamacpp_options import flash_attention_for, kv_unified_for, retained_sequences_for
+from qwen3_api.executors.llamacpp_options import (
+    flash_attention_for,
+    host_cache_bytes_for,
+    kv_unified_for,
+    retained_sequences_for,
+)
 from qwen3_api.executors.llamacpp_runner import LlamaCppModelRunner
 from qwen3_api.runtime.assembly import assemble_engine
 
@@ -30,11 +35,14 @@ def build_llamacpp_engine(
     kv_cache_type: str | None = None,
     kv_cells: int | None = None,
     kv_unified: bool | None = None,
+    host_cache_bytes: int | None = None,
 ) -> LLMEngine:
     """Our engine (scheduler, sampler, structured output) on a llama.cpp runner for a GGUF file.
 
     `kv_cells` is the KV budget in cells (default: every sequence at full length); it sizes the shared pool.
     `kv_unified`: the layout as the KV plan resolved it; None resolves it here (`kv_unified_for`).
+    `host_cache_bytes`: host memory for finished sequences' states, as the plan sized it; None takes
+    `--llamacpp-host-cache-memory` (off when unset).
     """
     # torch only samples here. Its OpenMP threads and llama.cpp's (a second OpenMP runtime) spin-wait for work;
     # on few cores they starve each other: measured 3 vs 271 tok/s on the tiny model, 2 cores, in the server.
@@ -42,6 +50,8 @@ def build_llamacpp_engine(
     max_num_seqs = settings.max_num_seqs
     step_tokens = max(settings.max_num_batched_tokens, max_num_seqs)
     unified = kv_unified_for(settings, kv_cells, max_model_len) if kv_unified is None else kv_unified
+    if host_cache_bytes is None:
+        host_cache_bytes = host_cache_bytes_for(settings, 0) if settings.llamacpp_host_cache_memory else 0
     runner = LlamaCppModelRunner(
         gguf_path, max_num_seqs=max_num_seqs, max_model_len=max_model_len,
         n_threads=n_threads or settings.llamacpp_threads, n_threads_batch=settings.llamacpp_threads_batch,
@@ -50,6 +60,7 @@ def build_llamacpp_engine(
         reuse_prefixes=settings.enable_prefix_caching, min_reuse_tokens=settings.block_size,
         min_copy_tokens=max(64, settings.block_size), weight_repack=settings.llamacpp_weight_repack,
         kv_unified=unified, kv_cells=kv_cells, retained_sequences=retained_sequences_for(settings, max_num_seqs),
+        host_cache_bytes=host_cache_bytes,
         max_draft_tokens=settings.num_speculative_tokens if settings.speculative == "ngram" else 0,
     )  # fmt: skip
     if max_model_len > runner.n_ctx_train:

@@ -16,7 +16,13 @@ from qwen3_api.engine.async_engine import AsyncEngine
 from qwen3_api.engine.core import EngineCore
 from qwen3_api.engine.tokenizer import Tokenizer
 from qwen3_api.errors import ModelLoadError
-from qwen3_api.executors.llamacpp_options import kv_unified_for, retained_sequences_for
+from qwen3_api.executors.llamacpp_options import (
+    HOST_CACHE_MAX_BYTES,
+    HOST_CACHE_SHARE,
+    host_cache_bytes_for,
+    kv_unified_for,
+    retained_sequences_for,
+)
 from qwen3_api.models.identity import model_identity
 from qwen3_api.runtime.source import canonical_model_name, resolve_gguf_model, resolve_model
 
@@ -161,6 +167,7 @@ class LlamaCppKVPlan:
     budget_gib: float
     source: str  # where the budget came from, for the log
     unified: bool  # one pool for all sequences, else a stream of max_model_len cells each (`kv_unified_for`)
+    host_cache_bytes: int = 0  # finished sequences' states kept in host memory (`host_cache_bytes_for`)
 
 
 def llamacpp_kv_plan(
@@ -177,10 +184,10 @@ def llamacpp_kv_plan(
     head_dim = int(metadata.get(f"{arch}.attention.key_length", 128))  # type: ignore[call-overload]
     element_bytes = {"f16": 2.0, "q8_0": 34 / 32}[settings.kv_cache_dtype]
     bytes_per_token = 2 * layers * kv_heads * head_dim * element_bytes  # K and V
+    available = available_memory_bytes() if available_bytes is None else available_bytes
     if settings.kv_cache_memory is not None:
         budget, source = settings.kv_cache_memory * 2**30, "--kv-cache-memory"
     else:
-        available = available_memory_bytes() if available_bytes is None else available_bytes
         budget = settings.llamacpp_kv_memory_share * max(available - model_bytes, 0)
         source = (
             f"{settings.llamacpp_kv_memory_share:.0%} of {available / 2**30:.1f} GiB available less "
@@ -206,7 +213,9 @@ def llamacpp_kv_plan(
     cells = min(total, sequences * max_model_len)
     if not unified:
         cells = settings.max_num_seqs * max_model_len
-    return LlamaCppKVPlan(cells, max_model_len, cells * bytes_per_token / 2**30, source, unified)
+    kv_bytes = cells * bytes_per_token
+    host = host_cache_bytes_for(settings, int(available - model_bytes - kv_bytes))
+    return LlamaCppKVPlan(cells, max_model_len, kv_bytes / 2**30, source, unified, host)
 
 
 def _load_gguf_engine(settings: Settings, model_name: str, started: float, faults: Faults | None) -> AsyncEngine:
@@ -240,9 +249,16 @@ def _serve_gguf(
         "llama.cpp KV: %d %s cells (%.2f GiB; budget from %s), %s, max_model_len %d",
         plan.cells, settings.kv_cache_dtype, plan.budget_gib, plan.source, layout, plan.max_model_len,
     )  # fmt: skip
+    if plan.host_cache_bytes:
+        why = "--llamacpp-host-cache-memory" if settings.llamacpp_host_cache_memory is not None else (
+            f"{HOST_CACHE_SHARE:.0%} of the memory left after weights and KV, at most "
+            f"{HOST_CACHE_MAX_BYTES / 2**30:.0f} GiB")  # fmt: skip
+        logger.info("llama.cpp host cache of finished conversations: %.1f GiB (%s)", plan.host_cache_bytes / 2**30,
+                    why)  # fmt: skip
     core = build_llamacpp_engine(
-        settings, path, tokenizer, plan.max_model_len, kv_cells=plan.cells, kv_unified=plan.unified
-    )
+        settings, path, tokenizer, plan.max_model_len, kv_cells=plan.cells, kv_unified=plan.unified,
+        host_cache_bytes=plan.host_cache_bytes,
+    )  # fmt: skip
     core.prepare_grammar()
     identity = model_identity(model_name, path, backend="llamacpp")
     persistence = None

@@ -23,6 +23,8 @@ ENGINE_GAUGES = {
     "prefix_hit_rate": "Fraction of looked-up prompt tokens served from the prefix cache",
     "kv_blocks_used": "KV cache blocks held by sequences",
     "kv_blocks_total": "KV cache blocks in all",
+    "host_cache_bytes": "Bytes of finished conversations' llama.cpp KV held in host memory",
+    "host_cache_entries": "Finished conversations held in the llama.cpp host-memory cache",
 }
 # Engine statistics that only grow: exported as counters (`..._total`), so rate() works on them.
 ENGINE_COUNTERS = {
@@ -33,6 +35,8 @@ ENGINE_COUNTERS = {
     "spec_decode_accepted_tokens": "Speculative draft tokens accepted (equal to what the sampler chose)",
     "spec_decode_full_batch_steps": "Steps decoded without speculation because more sequences decoded than "
     "--speculative-max-batch",
+    "host_cache_saved": "Conversations saved to the llama.cpp host-memory cache when their sequence was needed",
+    "host_cache_restored": "Prefix hits served by copying a saved conversation back from host memory",
     "steps": "Engine steps run",
     "step_seconds": "Seconds spent in engine steps (rate: the fraction of time the engine computes)",
     "forward_seconds": "Seconds of engine steps spent in the model's forward pass",
