@@ -99,6 +99,10 @@ def serve(
     llamacpp_retained_sequences: Annotated[
         Optional[int], typer.Option(help="finished conversations kept in the llama.cpp pool [0]")
     ] = None,
+    llamacpp_host_cache_memory: Annotated[
+        Optional[float],
+        typer.Option(help="GiB of host memory for finished chats' llama.cpp KV (default: 1/4 of free, <= 8); 0: off"),
+    ] = None,
     llamacpp_flash_attention: Annotated[Optional[str], typer.Option(help="auto|on|off")] = None,
     llamacpp_threads: Annotated[Optional[int], typer.Option(help="llama.cpp decode threads")] = None,
     llamacpp_threads_batch: Annotated[Optional[int], typer.Option(help="llama.cpp prefill threads")] = None,
@@ -160,7 +164,7 @@ def serve(
         responses_store_size=responses_store_size,
         kv_cache_dtype=kv_cache_dtype, llamacpp_kv_memory_share=llamacpp_kv_memory_share,
         llamacpp_kv_unified=llamacpp_kv_unified, llamacpp_retained_sequences=llamacpp_retained_sequences,
-        llamacpp_flash_attention=llamacpp_flash_attention,
+        llamacpp_host_cache_memory=llamacpp_host_cache_memory, llamacpp_flash_attention=llamacpp_flash_attention,
         llamacpp_threads=llamacpp_threads, llamacpp_threads_batch=llamacpp_threads_batch,
         llamacpp_ubatch=llamacpp_ubatch, llamacpp_weight_repack=llamacpp_weight_repack,
         speculative=speculative, num_speculative_tokens=num_speculative_tokens, ngram_min=ngram_min,
