@@ -46,7 +46,7 @@ def test_a_state_larger_than_the_whole_budget_is_not_kept() -> None:
     cache.put([1] * 20, "a", 60)
     assert cache.put([2] * 20, "huge", 101) is None
     assert [e.state for e in cache.entries()] == ["a"]
-    assert not HostStateCache(0).fits(1)
+    assert HostStateCache(0).put([1] * 20, "a", 1) is None
     with pytest.raises(ValueError, match="max_bytes"):
         HostStateCache(-1)
 

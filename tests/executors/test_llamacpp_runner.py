@@ -503,6 +503,67 @@ def test_a_saved_state_llama_cpp_refuses_is_recomputed_for_the_request_it_was_pr
         warm.close()
 
 
+def saved_into(runner: LlamaCppModelRunner, donor: LlamaCppModelRunner, prompt: list[int]) -> None:
+    """Put `prompt`'s state, computed by `donor` (a runner of the same layout), into `runner`'s host cache, as a
+    snapshot read back from disk would."""
+    donor.forward([BatchEntry(prompt, 0, [], True, "donor")])
+    donor.release(["donor"])
+    snapshot = donor.export_retained(2**31)
+    runner.host_cache.put(snapshot.tokens[0], snapshot.states.clone(), snapshot.states.numel())
+
+
+def test_a_restore_into_the_sequence_a_copy_reads_in_the_same_step_is_computed_instead(model_name: str) -> None:
+    """Per-sequence KV, two sequences: "c" (200 tokens) is kept in one, the other is empty. In one step "a" copies
+    80 tokens of "c" into the empty one and "r" is restored from host memory into "c"'s. llama.cpp copies the data
+    at the next decode, so a restore written at once would be what "a" copies; the runner computes "r" instead."""
+    rng = random.Random(38)
+    long, saved = [rng.randrange(0, 151000) for _ in range(200)], [rng.randrange(0, 151000) for _ in range(70)]
+    copy_prompt, restore_prompt = long[:80] + [1, 2], saved + [3, 4]
+    path = gguf_of(model_name, "Q8_0")
+    runners = [LlamaCppModelRunner(path, max_num_seqs=2, max_model_len=MAX_MODEL_LEN, reuse_prefixes=True,
+                                   host_cache_bytes=2**30) for _ in range(3)]  # fmt: skip
+    warm, donor, cold = runners
+    try:
+        expected = [cold.forward([BatchEntry(p, 0, [], True, f"e{i}")]) for i, p in enumerate((copy_prompt, restore_prompt))]
+        saved_into(warm, donor, saved)
+        warm.forward([BatchEntry(long, 0, [], True, "c")])
+        warm.release(["c"])
+        assert warm.lookup_prefix("a", copy_prompt) == 80 and warm.lookup_prefix("r", restore_prompt) == len(saved)
+        got = warm.forward([BatchEntry(copy_prompt[80:], 80, [], True, "a"),
+                            BatchEntry(restore_prompt[len(saved):], len(saved), [], True, "r")])  # fmt: skip
+        assert warm.host_cache.num_restored == 0  # computed, not copied back
+        assert torch.equal(got[0], expected[0][0]) and torch.equal(got[1], expected[1][0])
+    finally:
+        for runner in runners:
+            runner.close()
+
+
+def test_a_restore_into_a_full_shared_pool_first_evicts_retained_cells() -> None:
+    """One shared pool of 1,024 cells, three sequence ids: two kept conversations hold 1,000 of them when a third
+    is restored from host memory into the empty id. The kept cells make room first (the older one is saved)."""
+    rng = random.Random(39)
+    a, b, saved = ([rng.randrange(0, 151000) for _ in range(n)] for n in (500, 500, 300))
+    path = gguf_of("tiny", "Q8_0")
+    runners = [LlamaCppModelRunner(path, max_num_seqs=2, max_model_len=1024, reuse_prefixes=True, kv_unified=True,
+                                   kv_cells=1024, retained_sequences=1, host_cache_bytes=2**30)
+               for _ in range(3)]  # fmt: skip
+    warm, donor, cold = runners
+    try:
+        turn = saved + [5, 6, 7]
+        expected = cold.forward([BatchEntry(turn, 0, [], True, "cold")])
+        saved_into(warm, donor, saved)
+        for request_id, prompt in (("a", a), ("b", b)):
+            warm.forward([BatchEntry(prompt, 0, [], True, request_id)])
+        warm.release(["a", "b"])
+        assert warm.lookup_prefix("r", turn) == len(saved)
+        got = warm.forward([BatchEntry(turn[len(saved):], len(saved), [], True, "r")])
+        assert warm.host_cache.num_restored == 1 and warm.num_retained_slots == 1 and warm.host_cache.holds(a)
+        assert int(got.argmax()) == int(expected.argmax())  # the shared pool's logits follow where cells sit
+    finally:
+        for runner in runners:
+            runner.close()
+
+
 @pytest.mark.parametrize("host_gib", [1.0, 0.0])
 def test_more_conversations_than_sequences_keep_their_history_in_host_memory(model_name: str, host_gib: float) -> None:
     """Five conversations on one sequence: with the host cache every second turn finds its whole first turn and

@@ -345,3 +345,22 @@ def test_short_saved_prefixes_are_not_restored_and_a_pool_without_reuse_keeps_no
     assert p.lookup("x", BASE[:15] + [9, 9]) == 0
     no_reuse = SlotPool(1, reuse_prefixes=False, host=HostStateCache(10_000))
     assert no_reuse.host is None and no_reuse.lookup("y", BASE) == 0
+
+
+def test_a_restore_goes_to_a_slot_no_copy_reads_in_the_same_step() -> None:
+    """A restore writes its cells at once and a copy reads its source at the next decode: "r" must not land on
+    the slot "a" copies from, though that one is the least recently used."""
+    host = HostStateCache(10_000)
+    p = SlotPool(3, reuse_prefixes=True, min_reuse_tokens=16, min_copy_tokens=64, host=host)
+    long = list(range(3000, 3200))  # 200 tokens
+    source = run_request(p, "s", long)
+    p.release("s")
+    other = run_request(p, "t", list(range(4000, 4040)))
+    p.release("t")
+    saved = host.put(BASE, "saved", 100)
+    assert p.lookup("a", long[:80] + [1, 2]) == 80  # a slot is empty and 80 < 200 / 2: a copy, not a takeover
+    assert p.lookup("r", BASE + [3]) == 100
+    ops = run_ops(host, p.assign(["a", "r"]))
+    copy = next(op for op in ops if op.kind == "copy")
+    restore = next(op for op in ops if op.kind == "restore")
+    assert copy.src_seq_id == source and restore.seq_id == other and restore.entry is saved

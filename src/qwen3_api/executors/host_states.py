@@ -68,7 +68,8 @@ class HostStateCache:
         return best
 
     def holds(self, token_ids: list[int]) -> bool:
-        """True when an entry already holds all of `token_ids` (saving them again would only copy)."""
+        """True when an entry already holds all of `token_ids` (saving them again would only copy); that entry
+        then counts as just used, as the conversation is live again."""
         tokens = np.asarray(token_ids, dtype=np.int64)
         for entry in self._entries.values():
             if entry.num_tokens >= len(tokens) and _common_prefix(entry.tokens, tokens) == len(tokens):
@@ -76,13 +77,10 @@ class HostStateCache:
                 return True
         return False
 
-    def fits(self, num_bytes: int) -> bool:
-        return 0 < num_bytes <= self.max_bytes
-
     def put(self, token_ids: list[int], state: object, num_bytes: int) -> HostEntry | None:
         """Keep `state` for `token_ids` as the most recently used entry, evicting the least recently used ones
         past `max_bytes`; None (nothing kept) when it alone is larger than that."""
-        if not self.fits(num_bytes):
+        if not 0 < num_bytes <= self.max_bytes:
             return None
         entry = HostEntry(np.asarray(token_ids, dtype=np.int64), state, num_bytes)
         for old in list(self._entries.values()):

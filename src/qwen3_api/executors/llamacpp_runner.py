@@ -33,7 +33,8 @@ from qwen3_api.errors import EngineError, ModelLoadError
 from qwen3_api.executors.host_states import HostStateCache
 from qwen3_api.executors.llamacpp_options import resolve_weight_repack
 from qwen3_api.executors.llamacpp_repack import repack_overrides
-from qwen3_api.executors.llamacpp_state import read_retained, restore_sequence, save_sequence, write_retained
+from qwen3_api.executors.llamacpp_slot_ops import SlotOps
+from qwen3_api.executors.llamacpp_state import read_retained, write_retained
 from qwen3_api.executors.slot_pool import SlotOp, SlotPool
 from qwen3_api.models.llama_vocab import init_llama_backend
 
@@ -184,6 +185,7 @@ class LlamaCppModelRunner:
             num_slots, reuse_prefixes=reuse_prefixes, min_reuse_tokens=min_reuse_tokens,
             min_copy_tokens=min_copy_tokens, compact=not kv_unified, host=self.host_cache,
         )  # fmt: skip
+        self._ops = SlotOps(llama_cpp, self._ctx, self._memory, self._pool, self.host_cache, self._prefill)
         logger.info(
             "llama.cpp: %s, vocab %d, %d sequences (+%d for finished ones' prefixes), %s KV of %d %s cells, batch "
             "%d/%d, %d/%d threads, flash attention %s, weight repacking %s, host cache of finished sequences %s",
@@ -260,7 +262,8 @@ class LlamaCppModelRunner:
         if self._pool.host is None:
             return {}
         return {"host_cache_bytes": float(host.num_bytes), "host_cache_entries": float(len(host)),
-                "host_cache_saved": float(host.num_saved), "host_cache_restored": float(host.num_restored)}  # fmt: skip
+                "host_cache_saved": float(host.num_saved), "host_cache_restored": float(host.num_restored),
+                "host_cache_evicted": float(host.num_evicted)}  # fmt: skip
 
     def rollback(self, request_id: str, num_tokens: int) -> None:
         """Keep only the first `num_tokens` positions of a request's sequence: the K/V of draft tokens the sampler
@@ -270,31 +273,7 @@ class LlamaCppModelRunner:
             self._run_op(self._pool.truncate(request_id, num_tokens))
 
     def _run_op(self, op: SlotOp) -> None:
-        lib, memory = self._lib, self._memory
-        if op.kind == "save":
-            host = self.host_cache
-            state = save_sequence(lib, self._ctx, op.seq_id, host.max_bytes)
-            if state is not None:
-                host.put(list(op.tokens), state, state.numel())
-            return  # the trim that follows drops the cells
-        if op.kind == "restore":
-            entry = op.entry
-            if entry is None or not isinstance(entry.state, torch.Tensor):
-                raise EngineError(f"restore of sequence {op.seq_id} without a saved state")
-            why = restore_sequence(lib, self._ctx, memory, op.seq_id, entry.state, entry.num_tokens)
-            if why:
-                # The request was promised these cells: compute them instead (a prefill, as without the cache).
-                logger.warning("host cache: llama.cpp refused a saved sequence of %d tokens (%s); recomputing %d",
-                               entry.num_tokens, why, op.num_tokens)  # fmt: skip
-                self.host_cache.discard(entry)
-                self._prefill(op.seq_id, entry.tokens[: op.num_tokens].tolist())
-                return
-            self.host_cache.touch(entry)
-        elif op.kind == "copy":
-            # Between sequences of a non-unified cache llama.cpp copies whole sequences; the buffer copy itself
-            # runs at the start of the next decode, before the batch writes any cell.
-            lib.llama_memory_seq_cp(memory, op.src_seq_id, op.seq_id, -1, -1)
-        lib.llama_memory_seq_rm(memory, op.seq_id, op.num_tokens, -1)
+        self._ops.run(op)
 
     def _prefill(self, seq_id: int, token_ids: list[int]) -> None:
         """Compute `token_ids` into the empty sequence `seq_id` from position 0, no logits."""
@@ -309,13 +288,25 @@ class LlamaCppModelRunner:
         if len(new_ids) > self._pool.num_free:
             free = self._pool.num_free
             raise EngineError(f"{len(new_ids)} new requests but only {free} free llama.cpp sequences")
-        for op in self._pool.assign(new_ids):  # also drops promises of requests the scheduler did not admit
-            self._run_op(op)
+        plan = self._pool.assign(new_ids)  # also drops promises of requests the scheduler did not admit
+        free_cells = None
         if self.kv_unified:
             # Live tokens fit by the engine's accounting; cells of retained prefixes do not count there.
             wanted = sum(len(e.token_ids) for e in batch)
-            for op in self._pool.evict_retained(self.n_ctx - wanted):
-                self._run_op(op)
+
+            def free_cells(extra: int) -> list[SlotOp]:
+                return self._pool.evict_retained(self.n_ctx - wanted - extra)
+
+        try:
+            self._ops.run_plan(plan, free_cells)
+        except Exception:
+            # The pool already counts the new requests' promised cells: clear their sequences, so that nothing
+            # later trusts cells the plan did not finish making.
+            for request_id in new_ids:
+                if self._pool.slot_of(request_id) is not None:
+                    with contextlib.suppress(Exception):
+                        self._run_op(self._pool.truncate(request_id, 0))
+            raise
         seq_ids = []
         for entry in batch:
             slot = self._pool.slot_of(entry.request_id)

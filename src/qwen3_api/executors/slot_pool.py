@@ -200,9 +200,12 @@ class SlotPool:
             readers[source] -= 1
         for request_id in takers:
             self._take_over(request_id, promises[request_id], ops)
+        # A restore writes its cells at once, a copy reads its source at the next decode: restores go elsewhere
+        # while they can (else the runner computes them instead, `llamacpp_slot_ops`).
+        copied = {op.src_seq_id for op in ops if op.kind == "copy"}
         for request_id in new_request_ids:
             if request_id not in self._live:
-                slot = self._take_free(set(), ops)
+                slot = (self._take_free(copied, ops) if request_id in restores else None) or self._take_free(set(), ops)
                 if slot is None:
                     raise RuntimeError(f"all {self.num_slots} llama.cpp sequences are taken")
                 if request_id in restores:

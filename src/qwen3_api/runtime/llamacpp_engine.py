@@ -50,8 +50,8 @@ def build_llamacpp_engine(
     max_num_seqs = settings.max_num_seqs
     step_tokens = max(settings.max_num_batched_tokens, max_num_seqs)
     unified = kv_unified_for(settings, kv_cells, max_model_len) if kv_unified is None else kv_unified
-    if host_cache_bytes is None:
-        host_cache_bytes = host_cache_bytes_for(settings, 0) if settings.llamacpp_host_cache_memory else 0
+    if host_cache_bytes is None:  # no memory figure here: only an explicit size turns it on
+        host_cache_bytes = host_cache_bytes_for(settings, free_bytes=0)
     runner = LlamaCppModelRunner(
         gguf_path, max_num_seqs=max_num_seqs, max_model_len=max_model_len,
         n_threads=n_threads or settings.llamacpp_threads, n_threads_batch=settings.llamacpp_threads_batch,

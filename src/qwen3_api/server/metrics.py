@@ -37,6 +37,7 @@ ENGINE_COUNTERS = {
     "--speculative-max-batch",
     "host_cache_saved": "Conversations saved to the llama.cpp host-memory cache when their sequence was needed",
     "host_cache_restored": "Prefix hits served by copying a saved conversation back from host memory",
+    "host_cache_evicted": "Saved conversations dropped from the llama.cpp host-memory cache for room",
     "steps": "Engine steps run",
     "step_seconds": "Seconds spent in engine steps (rate: the fraction of time the engine computes)",
     "forward_seconds": "Seconds of engine steps spent in the model's forward pass",

@@ -1,0 +1,90 @@
+"""Carrying out the slot pool's plans on a llama.cpp context: trims, copies, and saves to and restores from the
+host-memory cache, in an order llama.cpp's memory allows.
+
+Two facts of llama.cpp shape it:
+- with per-sequence KV, `llama_memory_seq_cp` copies the cells' bookkeeping at once and their data at the start of
+  the next `llama_decode`; a trim only drops bookkeeping. So a copy's source may be trimmed and computed into in
+  the same step (the decode copies first), but never *written* before that decode: a restore
+  (`llama_state_seq_set_data` writes at once) into a sequence a copy reads this step is done as a prefill instead,
+  whose decode runs the pending copy before it writes;
+- in one shared pool a restore needs free cells for the whole saved sequence (it trims to the promised length
+  only after), so retained slots are evicted for that room before restores run.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from qwen3_api.errors import EngineError
+from qwen3_api.executors.host_states import HostStateCache
+from qwen3_api.executors.llamacpp_state import restore_sequence, save_sequence
+from qwen3_api.executors.slot_pool import SlotOp, SlotPool
+
+logger = logging.getLogger(__name__)
+
+
+class SlotOps:
+    """Runs `SlotOp`s on one context; `prefill(seq_id, tokens)` computes tokens into an empty sequence."""
+
+    def __init__(self, lib: Any, ctx: Any, memory: Any, pool: SlotPool, host: HostStateCache,
+                 prefill: Callable[[int, list[int]], None]) -> None:  # fmt: skip
+        self._lib, self._ctx, self._memory = lib, ctx, memory
+        self._pool = pool
+        self._host = host
+        self._prefill = prefill
+
+    def run(self, op: SlotOp, copy_sources: frozenset[int] = frozenset()) -> None:
+        """One operation; `copy_sources`: sequences whose data a copy queued in this step still has to read."""
+        lib, memory = self._lib, self._memory
+        if op.kind == "save":
+            state = save_sequence(lib, self._ctx, op.seq_id, self._host.max_bytes)
+            if state is not None:
+                self._host.put(list(op.tokens), state, state.numel())
+            return  # the trim that follows drops the cells
+        if op.kind == "restore":
+            self._restore(op, copy_sources)
+            return
+        if op.kind == "copy":
+            # Between sequences of a non-unified cache llama.cpp copies whole sequences; the buffer copy itself
+            # runs at the start of the next decode, before the batch writes any cell.
+            lib.llama_memory_seq_cp(memory, op.src_seq_id, op.seq_id, -1, -1)
+        lib.llama_memory_seq_rm(memory, op.seq_id, op.num_tokens, -1)
+
+    def _restore(self, op: SlotOp, copy_sources: frozenset[int]) -> None:
+        entry = op.entry
+        if entry is None or not isinstance(entry.state, torch.Tensor):
+            raise EngineError(f"restore of sequence {op.seq_id} without a saved state")
+        promised = entry.tokens[: op.num_tokens].tolist()
+        if op.seq_id in copy_sources:
+            self._prefill(op.seq_id, promised)
+            return
+        why = restore_sequence(self._lib, self._ctx, self._memory, op.seq_id, entry.state, entry.num_tokens)
+        if why:
+            # The request was promised these cells: compute them instead (a prefill, as without the cache).
+            logger.warning("host cache: llama.cpp refused a saved sequence of %d tokens (%s); recomputing %d",
+                           entry.num_tokens, why, op.num_tokens)  # fmt: skip
+            self._host.discard(entry)
+            self._prefill(op.seq_id, promised)
+            return
+        self._host.touch(entry)
+        self._lib.llama_memory_seq_rm(self._memory, op.seq_id, op.num_tokens, -1)
+
+    def run_plan(self, ops: list[SlotOp], free_cells: Callable[[int], list[SlotOp]] | None) -> None:
+        """A step's plan from `SlotPool.assign`: everything but the restores in order, then (shared pool)
+        `free_cells(extra)`'s evictions, `extra` being the cells restores hold beyond their promised tokens, then
+        the restores."""
+        restores = [op for op in ops if op.kind == "restore"]
+        copy_sources = frozenset(op.src_seq_id for op in ops if op.kind == "copy")
+        for op in ops:
+            if op.kind != "restore":
+                self.run(op)
+        if free_cells is not None:
+            extra = sum(op.entry.num_tokens - op.num_tokens for op in restores if op.entry is not None)
+            for op in free_cells(extra):
+                self.run(op)
+        for op in restores:
+            self.run(op, copy_sources)
