@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import functools
 import math
 import multiprocessing
@@ -50,8 +51,8 @@ from peers.llama_server import (
     server_env,
 )
 from peers.multiturn import ChatWorkload, run_chat
-from peers.plan import CONTENDERS, Group, estimate_seconds, make_plan
-from peers.report import LLAMA_SERVER, MULTI_TURN, OURS, OURS_DEFAULT, SWEEP, Row, Run
+from peers.plan import CONTENDERS, MANY_CHATS_PER_SEQUENCE, Group, estimate_seconds, make_plan
+from peers.report import LLAMA_SERVER, MANY_CHATS, MULTI_TURN, OURS, OURS_DEFAULT, SWEEP, Row, Run
 
 from qwen3_api.bench.apis import ApiKind
 from qwen3_api.bench.loadgen import WARMUP_SEED, LoadConfig, NoAcceptedStyle, request_seed, run_load
@@ -118,10 +119,11 @@ def prepare_openvino(peers: Peers, log_dir: Path) -> None:
 
 
 def server_for(contender: str, group: Group, gguf: Path, model_dir: Path, args: argparse.Namespace, peers: Peers,
-               log_dir: Path) -> ServerProcess:  # fmt: skip
-    """The contender's server on a free port; every one gets the same sequences and context per sequence."""
-    port, seqs, ctx = free_port(), max(group.concurrency), args.max_model_len
-    log = log_dir / f"{contender}-{group.shape}-{group.qtype}.log"
+               log_dir: Path, seqs: int | None = None, tag: str = "") -> ServerProcess:  # fmt: skip
+    """The contender's server on a free port; every one gets the same sequences (default: the group's highest
+    concurrency) and context per sequence."""
+    port, seqs, ctx = free_port(), seqs or max(group.concurrency), args.max_model_len
+    log = log_dir / f"{contender}-{group.shape}-{group.qtype}{tag}.log"
     if contender == "llama-server":
         if peers.binary is None:
             raise RuntimeError(peers.llama_server_error or "llama-server is not built")
@@ -173,18 +175,7 @@ def server_rows(contender: str, group: Group, gguf: Path, model_dir: Path, build
             if engine is not None:
                 print(f"    {engine.describe()}", flush=True)
         if group.multi_turn and contender in ("llama-server", "ours"):
-            workload = chat_workload(args)
-            try:
-                result, engine = with_engine_time(contender, server.url, functools.partial(
-                    run_chat, server.url, model, builder, workload, args.request_timeout))  # fmt: skip
-                rows.append(Row(group.name, label, workload.conversations, MULTI_TURN, result,
-                                engine=engine.to_dict() if engine else None))  # fmt: skip
-                print(f"  {label} multi-turn: {result.output_throughput:.2f} output tok/s, TTFT p50 "
-                      f"{result.ttft_ms.p50:.0f} ms, {result.failed} failed", flush=True)  # fmt: skip
-                if engine is not None:
-                    print(f"    {engine.describe()}", flush=True)
-            except (NoAcceptedStyle, httpx.HTTPError) as exc:
-                rows.append(Row(group.name, label, workload.conversations, MULTI_TURN, status=f"failed: {exc}"))
+            rows.append(chat_row(contender, group, server.url, model, builder, chat_workload(args), MULTI_TURN, args))
     except ServerStartError as exc:
         print(f"  {label}: failed to start: {exc}\n{server.log_tail()}", flush=True)
         done = {r.concurrency for r in rows}
@@ -193,6 +184,42 @@ def server_rows(contender: str, group: Group, gguf: Path, model_dir: Path, build
     finally:
         server.stop()
     return rows
+
+
+def chat_row(contender: str, group: Group, url: str, model: str, builder: PromptBuilder, workload: ChatWorkload,
+             name: str, args: argparse.Namespace) -> Row:  # fmt: skip
+    """A chat workload (`name`: multi-turn or many-chats) against a running server, as one row."""
+    label = CONTENDERS[contender]
+    try:
+        result, engine = with_engine_time(contender, url, functools.partial(
+            run_chat, url, model, builder, workload, args.request_timeout))  # fmt: skip
+    except (NoAcceptedStyle, httpx.HTTPError) as exc:
+        return Row(group.name, label, workload.conversations, name, status=f"failed: {exc}")
+    print(f"  {label} {name}: {result.output_throughput:.2f} output tok/s, TTFT p50 {result.ttft_ms.p50:.0f} ms, "
+          f"{result.failed} failed", flush=True)  # fmt: skip
+    if engine is not None:
+        print(f"    {engine.describe()}", flush=True)
+    return Row(group.name, label, workload.conversations, name, result, engine=engine.to_dict() if engine else None)
+
+
+def many_chat_rows(contender: str, group: Group, gguf: Path, model_dir: Path, builder: PromptBuilder,
+                   args: argparse.Namespace, peers: Peers, log_dir: Path) -> list[Row]:  # fmt: skip
+    """The chat workload with MANY_CHATS_PER_SEQUENCE times more conversations than the server has sequences
+    (`group.many_chats`): a conversation's next turn finds its history only where the server kept it beyond its
+    sequences (our host-memory cache, llama-server's `--cache-ram`)."""
+    label, seqs = CONTENDERS[contender], group.many_chats
+    workload = dataclasses.replace(chat_workload(args), conversations=MANY_CHATS_PER_SEQUENCE * seqs)
+    server = server_for(contender, group, gguf, model_dir, args, peers, log_dir, seqs=seqs, tag="-many-chats")
+    try:
+        server.start()
+        print(f"  {label} on {seqs} sequences: ready after {server.wait_ready(args.start_timeout):.0f} s",
+              flush=True)  # fmt: skip
+        return [chat_row(contender, group, server.url, served_model(server.url), builder, workload, MANY_CHATS, args)]
+    except ServerStartError as exc:
+        print(f"  {label}: failed to start: {exc}\n{server.log_tail()}", flush=True)
+        return [Row(group.name, label, workload.conversations, MANY_CHATS, status=f"failed to start: {exc}")]
+    finally:
+        server.stop()
 
 
 def openvino_rows(contender: str, group: Group, model_dir: Path, builder: PromptBuilder, args: argparse.Namespace,
@@ -265,6 +292,8 @@ def run_group(group: Group, args: argparse.Namespace, peers: Peers, log_dir: Pat
                     rows = openvino_rows(contender, group, model_dir, builder, args, peers, log_dir)
                 else:
                     rows = server_rows(contender, group, gguf, model_dir, builder, args, peers, log_dir)
+                    if group.many_chats and contender in ("llama-server", "ours"):
+                        rows += many_chat_rows(contender, group, gguf, model_dir, builder, args, peers, log_dir)
             except Exception as exc:  # noqa: BLE001 -- a contender that fails: say so, go on
                 print(f"  {CONTENDERS[contender]} failed: {exc!r} (logs in {log_dir})", flush=True)
                 rows = failed(contender, f"{type(exc).__name__}: {exc}")
@@ -299,6 +328,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=1,
                    help="passes over each file (fresh servers each); a ratio is the median of the passes'")
     p.add_argument("--no-multi-turn", action="store_true")
+    p.add_argument("--many-chats-sequences", type=int, default=None,
+                   help=f"servers of this many sequences for the many-chats workload ({MANY_CHATS_PER_SEQUENCE}x as "
+                   "many conversations); 0: none; default: the preset's (quick: 4 on 0.6b Q4_0)")
     p.add_argument("--chat-conversations", type=int, default=4)
     p.add_argument("--chat-turns", type=int, default=4)
     p.add_argument("--chat-first-tokens", type=int, default=256)
@@ -339,7 +371,8 @@ def main(argv: list[str] | None = None) -> int:
     estimate = estimate_seconds(plan, args.prompt_tokens, chat) * args.repeats
     for g in plan:
         print(f"plan: {g.name} c={','.join(map(str, g.concurrency))} {g.num_requests} requests x {g.output_tokens} "
-              f"tokens: {', '.join(g.contenders)}{' + multi-turn' if g.multi_turn else ''}")  # fmt: skip
+              f"tokens: {', '.join(g.contenders)}{' + multi-turn' if g.multi_turn else ''}"
+              f"{f' + many-chats on {g.many_chats} sequences' if g.many_chats else ''}")  # fmt: skip
     print(f"estimated duration on 2 idle cores: ~{math.ceil(estimate / 60)} min (+ builds, model and file "
           "preparation on a first run)", flush=True)  # fmt: skip
     if args.dry_run:

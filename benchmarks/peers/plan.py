@@ -20,6 +20,8 @@ DECODE = {("0.6b", "Q8_0"): 22, ("0.6b", "Q4_0"): 23, ("0.6b", "Q4_K_M"): 20, ("
           ("4b", "Q4_0"): 5.0, ("4b", "Q4_K_M"): 4.5}  # fmt: skip
 PREFILL = {"tiny": 5000, "0.6b": 85, "4b": 17}
 BATCH_GAIN, START_S = 1.7, {"tiny": 5, "0.6b": 15, "4b": 60}
+# The many-chats workload: this many conversations per server sequence.
+MANY_CHATS_PER_SEQUENCE = 3
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,7 @@ class Group:
     num_requests: int
     contenders: tuple[str, ...]
     multi_turn: bool = False
+    many_chats: int = 0  # sequences of the servers for the many-chats workload (0: not run)
 
     @property
     def name(self) -> str:
@@ -44,13 +47,13 @@ def contenders_for(qtype: str, wanted: list[str]) -> tuple[str, ...]:
 
 
 def preset_plan(preset: str) -> list[Group]:
-    """quick: 0.6b Q8_0 (every contender) and Q4_0 at c = 1, 4, 8, 16, both with the multi-turn workload; 4b Q4_0
-    at c = 1 and 8 with 32 output tokens. full: 0.6b and 4b, Q8_0, Q4_0 and Q4_K_M, c = 1, 4, 8, 16, 64 output
-    tokens, multi-turn on every 0.6b file."""
+    """quick: 0.6b Q8_0 (every contender) and Q4_0 at c = 1, 4, 8, 16, both with the multi-turn workload, Q4_0 also
+    with many chats on 4 sequences; 4b Q4_0 at c = 1 and 8 with 32 output tokens. full: 0.6b and 4b, Q8_0, Q4_0 and
+    Q4_K_M, c = 1, 4, 8, 16, 64 output tokens, multi-turn on every 0.6b file."""
     every = list(CONTENDERS)
     if preset == "quick":
         return [Group("0.6b", "Q8_0", (1, 4, 8, 16), 64, 12, contenders_for("Q8_0", every), multi_turn=True),
-                Group("0.6b", "Q4_0", (1, 4, 8, 16), 64, 12, ("llama-server", "ours"), multi_turn=True),
+                Group("0.6b", "Q4_0", (1, 4, 8, 16), 64, 12, ("llama-server", "ours"), multi_turn=True, many_chats=4),
                 Group("4b", "Q4_0", (1, 8), 32, 8, ("llama-server", "ours"))]  # fmt: skip
     if preset != "full":
         raise ValueError(f"unknown preset {preset!r}")
@@ -70,8 +73,14 @@ def make_plan(args: argparse.Namespace) -> list[Group]:
                 for i, (shape, q) in enumerate((s, q) for s in args.shapes or ["0.6b"]
                                                for q in args.qtypes or ["Q8_0", "Q4_0"])]  # fmt: skip
     wanted = args.contenders or list(CONTENDERS)
+    many = args.many_chats_sequences
+
+    def many_chats(g: Group, first: bool) -> int:
+        return (many if first else 0) if many is not None else g.many_chats
+
     plan = [replace(g, contenders=tuple(c for c in g.contenders if c in wanted),
-                    multi_turn=g.multi_turn and not args.no_multi_turn) for g in plan]  # fmt: skip
+                    multi_turn=g.multi_turn and not args.no_multi_turn, many_chats=many_chats(g, i == 0))
+            for i, g in enumerate(plan)]  # fmt: skip
     return [g for g in plan if g.contenders]
 
 
@@ -86,8 +95,10 @@ def estimate_seconds(plan: list[Group], prompt_tokens: int, chat: ChatWorkload) 
             gain = BATCH_GAIN if c >= 4 else 1.0
             per_contender += n * g.output_tokens / (decode * gain) + n * prompt_tokens / prefill
         total += per_contender * len(g.contenders)
-        if g.multi_turn:
-            turns = chat.conversations * chat.turns
-            history = chat.first_tokens + chat.turn_tokens + chat.output_tokens  # new tokens per turn at most
-            total += 2 * (turns * chat.output_tokens / (decode * BATCH_GAIN) + turns * history / prefill)
+        # Prefilled per conversation where the server reuses its history: turn 1, then each turn's new part.
+        new_tokens = chat.first_tokens + (chat.turns - 1) * (chat.turn_tokens + chat.output_tokens)
+        for conversations in ([chat.conversations] if g.multi_turn else []) + (
+                [MANY_CHATS_PER_SEQUENCE * g.many_chats] if g.many_chats else []):  # fmt: skip
+            turns = conversations * chat.turns
+            total += 2 * (turns * chat.output_tokens / (decode * BATCH_GAIN) + conversations * new_tokens / prefill)
     return total

@@ -8,7 +8,7 @@ import cpu_peers
 import pytest
 from peers.multiturn import ChatWorkload
 from peers.plan import Group, estimate_seconds, make_plan
-from peers.report import LLAMA_SERVER, MULTI_TURN, OURS, OURS_DEFAULT, SWEEP
+from peers.report import LLAMA_SERVER, MANY_CHATS, MULTI_TURN, OURS, OURS_DEFAULT, SWEEP
 
 
 def plan_of(*argv: str) -> list[Group]:
@@ -22,6 +22,8 @@ def test_quick_preset_is_the_documented_plan() -> None:
     assert plan[0].contenders == ("llama-server", "ours", "ours-default", "openvino-int8")
     assert all(g.contenders == ("llama-server", "ours") for g in plan[1:])
     assert [g.multi_turn for g in plan] == [True, True, False]  # the workload on both 0.6b files
+    assert [g.many_chats for g in plan] == [0, 4, 0]  # 12 conversations on 4 sequences, on 0.6b Q4_0
+    assert [g.many_chats for g in plan_of("--preset", "quick", "--many-chats-sequences", "0")] == [0, 0, 0]
 
 
 def test_full_preset_covers_both_shapes_and_three_quants() -> None:
@@ -37,6 +39,9 @@ def test_a_custom_plan_and_the_contender_filter() -> None:
                    "ours,ours-default", "--no-multi-turn")  # fmt: skip
     assert [(g.name, g.concurrency, g.contenders, g.multi_turn) for g in plan] == [
         ("tiny Q8_0", (1, 2), ("ours", "ours-default"), False), ("tiny Q4_0", (1, 2), ("ours",), False)]  # fmt: skip
+    assert [g.many_chats for g in plan] == [0, 0]
+    many = plan_of("--shapes", "tiny", "--qtypes", "Q8_0,Q4_0", "--many-chats-sequences", "2")
+    assert [g.many_chats for g in many] == [2, 0]  # a custom plan runs it on its first file
 
 
 def test_an_unknown_contender_is_refused_by_name(capsys: pytest.CaptureFixture[str]) -> None:
@@ -102,7 +107,8 @@ def test_repeats_run_every_contender_once_per_pass_in_alternating_order(
     argv = ["--shapes", "tiny", "--qtypes", "Q8_0", "--contenders", "ours,llama-server", "--concurrency", "1",
             "--num-requests", "1", "--output-tokens", "2", "--no-build", "--repeats", "2", "--chat-conversations", "1",
             "--chat-turns", "2", "--chat-first-tokens", "8", "--chat-turn-tokens", "4", "--chat-output-tokens", "2",
-            "--cache-dir", str(tmp_path / "no-build"), "--out-dir", str(tmp_path / "out")]  # fmt: skip
+            "--many-chats-sequences", "1", "--cache-dir", str(tmp_path / "no-build"),
+            "--out-dir", str(tmp_path / "out")]  # fmt: skip
     assert cpu_peers.main(argv) == 0
     out = capsys.readouterr().out
     assert "pass 1 of 2: llama-server, ours" in out and "pass 2 of 2: ours, llama-server" in out
@@ -118,6 +124,10 @@ def test_repeats_run_every_contender_once_per_pass_in_alternating_order(
     assert [(e["steps"], e["decode_steps"]) for e in engines] == [(2, 1), (2, 1), (4, 2), (4, 2)]
     assert all(e["decode_step_ms"] > 0 and 0 < e["forward_share"] <= 1 and 0 < e["busy"] <= 1 for e in engines)
     assert "engine: 2 steps, 1 decode-only at" in out and "engine: 4 steps, 2 decode-only at" in out
+    # many chats: 3 conversations x 2 turns on a server of one sequence, every turn answered
+    many = [r for r in rows if r["contender"] == OURS and r["workload"] == MANY_CHATS]
+    assert [(r["repeat"], r["concurrency"], r["result"]["completed"]) for r in many] == [(0, 3, 6), (1, 3, 6)]
+    assert "ours llamacpp on 1 sequences: ready after" in out
     theirs = [(r["repeat"], r["status"].startswith("failed")) for r in rows if r["contender"] == LLAMA_SERVER]
     assert theirs == [(0, True), (1, True)]
     # llama-server never ran: a skip, not a ratio of nothing

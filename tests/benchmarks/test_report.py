@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from matplotlib import image
 from peers import report
-from peers.report import LLAMA_SERVER, MULTI_TURN, OURS, OURS_DEFAULT, Row, Run
+from peers.report import LLAMA_SERVER, MANY_CHATS, MULTI_TURN, OURS, OURS_DEFAULT, Row, Run
 
 from tests.benchmarks.helpers import result
 
@@ -28,6 +28,8 @@ def sweep_rows() -> list[Row]:
         Row("0.6b Q8_0", LLAMA_SERVER, 4, status="failed to start: exited with code 1"),
         Row("0.6b Q8_0", LLAMA_SERVER, 4, MULTI_TURN, result=result(10.0, 4, ttft_s=0.9)),
         Row("0.6b Q8_0", OURS, 4, MULTI_TURN, result=result(14.0, 4, ttft_s=0.3)),
+        Row("0.6b Q8_0", LLAMA_SERVER, 12, MANY_CHATS, result=result(10.0, 12)),
+        Row("0.6b Q8_0", OURS, 12, MANY_CHATS, result=result(12.0, 12)),
     ]
 
 
@@ -49,6 +51,8 @@ def test_ratios_carry_the_targets_and_verdicts() -> None:
     assert chat.target == 1.3 and chat.verdict == "PASS" and chat.value == pytest.approx(1.4)
     ttft = found[(MULTI_TURN, 4, OURS, LLAMA_SERVER, "TTFT p50")]
     assert ttft.target is None and ttft.verdict == "INFO" and ttft.value == pytest.approx(1 / 3)
+    many = found[(MANY_CHATS, 12, OURS, LLAMA_SERVER, "output tok/s")]
+    assert many.target == 1.3 and many.verdict == "FAIL" and many.value == pytest.approx(1.2)
 
 
 def test_a_failed_row_is_a_skip_and_an_absent_contender_no_ratio() -> None:

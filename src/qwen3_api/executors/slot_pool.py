@@ -24,7 +24,9 @@ equals empty before retained, least recently used first.
 With a host-memory cache (`host_states`), a retained slot's cells are saved there before they are dropped (the
 slot is needed for another request, or a takeover cuts them), and a new request whose prompt starts with a saved
 sequence gets a free slot with that state restored (copied back) instead of recomputing it: more conversations
-than sequence ids keep their history at the cost of a memory copy, and no decode step pays for them.
+than sequence ids keep their history at the cost of a memory copy, and no decode step pays for them. A restore
+writes its cells at once while a copy reads its source at the next decode, so restores take slots no copy of the
+same step reads while there are any (`llamacpp_slot_ops` computes one that could not).
 
 The scheduler learns a hit through `lookup` (wired as the KV cache manager's prefix source), which records a
 promise; `assign` then honours it in the same step. Promises live for one step.
