@@ -80,8 +80,8 @@ class Settings(BaseSettings):
     )  # fmt: skip
     llamacpp_retained_sequences: int = Field(
         0, ge=0, le=255, description="finished conversations whose KV stays in the shared llama.cpp pool for "
-        "prefix reuse beside the running ones (the pool grows for them; least recently used dropped first). Pays "
-        "when more conversations are open than run at once; costs decode time, as attention spans their cells. "
+        "prefix reuse beside the running ones (the pool grows for them; least recently used dropped first). A hit "
+        "needs no copy back, as one from the host cache does, but decode slows, as attention spans their cells. "
         "With --max-num-seqs at most 256 (llama.cpp's limit)",
     )  # fmt: skip
     llamacpp_host_cache_memory: float | None = Field(
