@@ -234,3 +234,20 @@ def test_conversations_in_the_host_cache_go_to_disk_and_come_back_there(tmp_path
     assert generate(cold, "cold", next_turn) == (0, logprobs)
     for engine in (after, cold):
         runner_of(engine).close()
+
+
+def test_a_restore_counts_only_the_saved_conversations_the_host_cache_kept(tmp_path: Path) -> None:
+    settings = Settings(model="unused", max_num_seqs=1, max_num_batched_tokens=256, llamacpp_kv_unified=False,
+                        llamacpp_host_cache_memory=1.0)  # fmt: skip
+    before = build_llamacpp_engine(settings, gguf(), tokenizer(), MAX_MODEL_LEN)
+    for i in range(3):  # each conversation takes the one sequence: the previous one goes to host memory
+        generate(before, f"c{i}", [1000 * (i + 1) + t for t in range(60 + 10 * i)])
+    snapshot = runner_of(before).export_retained(2**30)
+    runner_of(before).close()
+    assert len(snapshot) == 3  # the sequence's conversation, then the host cache's, most recent first
+    sizes = [end - begin for begin, end in zip(snapshot.offsets, snapshot.offsets[1:])]
+    after = build_llamacpp_engine(settings, gguf(), tokenizer(), MAX_MODEL_LEN, host_cache_bytes=max(sizes[1:]))
+    # c2 goes into the sequence; c0 and then c1 into a host cache with room for one: c1 stays
+    assert runner_of(after).restore_retained(snapshot) == (2, len(snapshot.tokens[0]) + len(snapshot.tokens[1]))
+    assert len(runner_of(after).host_cache) == 1
+    runner_of(after).close()

@@ -33,12 +33,13 @@ def test_a_longer_turn_of_a_conversation_supersedes_the_earlier_one() -> None:
 def test_the_least_recently_used_entries_go_first_past_the_budget() -> None:
     cache = HostStateCache(250)
     a = cache.put([1] * 20, "a", 100)
-    cache.put([2] * 20, "b", 100)
-    assert a is not None
+    b = cache.put([2] * 20, "b", 100)
+    assert a is not None and b is not None
     cache.touch(a)  # "a" restored: now the most recent
     cache.put([3] * 20, "c", 100)
     assert [e.state for e in cache.entries()] == ["c", "a"] and cache.num_bytes == 200
     assert cache.num_evicted == 1 and cache.num_saved == 3 and cache.num_restored == 1
+    assert a in cache and b not in cache
 
 
 def test_a_state_larger_than_the_whole_budget_is_not_kept() -> None:

@@ -53,6 +53,9 @@ class HostStateCache:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def __contains__(self, entry: object) -> bool:
+        return isinstance(entry, HostEntry) and self._entries.get(entry.key) is entry
+
     def entries(self) -> list[HostEntry]:
         """Every entry, most recently used first."""
         return list(reversed(self._entries.values()))
