@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import time
 from pathlib import Path
@@ -21,6 +22,9 @@ def spawn(*args: str, log: Path) -> pexpect.spawn:
         sys.executable, ["-m", "qwen3_api.cli", *args], cwd=str(REPO_ROOT), encoding="utf-8", timeout=180,
         dimensions=(40, 120), env={**__import__("os").environ, "TERM": "xterm-256color", "XDG_STATE_HOME": str(log.parent),
              "PROMPT_TOOLKIT_NO_CPR": "1"},
+        # A user's terminal delivers Ctrl-C; a suite started in the background (`cmd &`, nohup) ignores SIGINT,
+        # and the child would inherit that and never see the Ctrl-C this test sends.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     child.logfile_read = log.open("w")
     return child
