@@ -11,6 +11,7 @@ of a chat supersedes the previous one).
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import count
 
@@ -31,9 +32,12 @@ class HostEntry:
         return len(self.tokens)
 
 
-def _common_prefix(stored: np.ndarray, tokens: np.ndarray) -> int:
-    n = min(len(stored), len(tokens))
-    mismatch = np.flatnonzero(stored[:n] != tokens[:n])
+def common_prefix_length(a: Sequence[int] | np.ndarray, b: Sequence[int] | np.ndarray) -> int:
+    """Length of the longest common prefix of two token sequences (lists or int arrays)."""
+    n = min(len(a), len(b))
+    if n == 0:
+        return 0
+    mismatch = np.flatnonzero(np.asarray(a[:n]) != np.asarray(b[:n]))
     return int(mismatch[0]) if mismatch.size else n
 
 
@@ -65,7 +69,7 @@ class HostStateCache:
         tokens = np.asarray(token_ids, dtype=np.int64)
         best: tuple[HostEntry | None, int] = (None, 0)
         for entry in self.entries():
-            num = min(_common_prefix(entry.tokens, tokens), limit)
+            num = min(common_prefix_length(entry.tokens, tokens), limit)
             if num > best[1]:
                 best = (entry, num)
         return best
@@ -75,7 +79,7 @@ class HostStateCache:
         then counts as just used, as the conversation is live again."""
         tokens = np.asarray(token_ids, dtype=np.int64)
         for entry in self._entries.values():
-            if entry.num_tokens >= len(tokens) and _common_prefix(entry.tokens, tokens) == len(tokens):
+            if entry.num_tokens >= len(tokens) and common_prefix_length(entry.tokens, tokens) == len(tokens):
                 self._entries.move_to_end(entry.key)
                 return True
         return False
@@ -87,7 +91,7 @@ class HostStateCache:
             return None
         entry = HostEntry(np.asarray(token_ids, dtype=np.int64), state, num_bytes)
         for old in list(self._entries.values()):
-            if old.num_tokens <= entry.num_tokens and _common_prefix(old.tokens, entry.tokens) == old.num_tokens:
+            if old.num_tokens <= entry.num_tokens and common_prefix_length(old.tokens, entry.tokens) == old.num_tokens:
                 self._drop(old)
         while self.num_bytes + num_bytes > self.max_bytes:
             self._drop(next(iter(self._entries.values())))

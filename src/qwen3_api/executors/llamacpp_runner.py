@@ -35,7 +35,7 @@ from qwen3_api.executors.llamacpp_options import resolve_weight_repack
 from qwen3_api.executors.llamacpp_repack import repack_overrides
 from qwen3_api.executors.llamacpp_slot_ops import SlotOps
 from qwen3_api.executors.llamacpp_state import read_retained, write_retained
-from qwen3_api.executors.slot_pool import SlotOp, SlotPool
+from qwen3_api.executors.slot_pool import SlotPool
 from qwen3_api.models.llama_vocab import init_llama_backend
 
 logger = logging.getLogger(__name__)
@@ -180,7 +180,7 @@ class LlamaCppModelRunner:
         self.n_batch = n_batch = llama_cpp.llama_n_batch(self._ctx)
         self.n_ubatch: int = llama_cpp.llama_n_ubatch(self._ctx)
         self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
-        self.host_cache = HostStateCache(host_cache_bytes if reuse_prefixes else 0)
+        self.host_cache = HostStateCache(host_cache_bytes) if reuse_prefixes and host_cache_bytes > 0 else None
         self._pool = SlotPool(
             num_slots, reuse_prefixes=reuse_prefixes, min_reuse_tokens=min_reuse_tokens,
             min_copy_tokens=min_copy_tokens, compact=not kv_unified, host=self.host_cache,
@@ -194,7 +194,7 @@ class LlamaCppModelRunner:
             kv_cache_type, n_batch, self.n_ubatch, self.n_threads,
             self.n_threads_batch, "on" if self.flash_attention else "off",
             _repack_note(self.weight_repack, self.repacked_tensors),
-            f"{self.host_cache.max_bytes / 2**30:.1f} GiB" if self.host_cache.max_bytes else "off",
+            f"{host_cache_bytes / 2**30:.1f} GiB" if self.host_cache is not None else "off",
         )  # fmt: skip
 
     # -- per-request state ---------------------------------------------------------------------------------
@@ -231,19 +231,20 @@ class LlamaCppModelRunner:
         for request_id in request_ids:
             op = self._pool.release(request_id)
             if op is not None:
-                self._run_op(op)
+                self._ops.run(op)
 
     # -- retained sequences on disk (engine.sequence_store) ---------------------------------------------------
 
     @property
     def retained_version(self) -> int:
         """Changes whenever a finished sequence is retained."""
-        return self._pool.num_retentions + self.host_cache.num_saved
+        return self._pool.num_retentions + (self.host_cache.num_saved if self.host_cache is not None else 0)
 
     def export_retained(self, max_bytes: int) -> SequenceStates:
         """The retained sequences' tokens and llama.cpp state, hottest first, then the host cache's, within
         `max_bytes`."""
-        return read_retained(self._lib, self._ctx, self._pool, max_bytes, self.host_cache.entries())
+        saved = self.host_cache.entries() if self.host_cache is not None else []
+        return read_retained(self._lib, self._ctx, self._pool, max_bytes, saved)
 
     def restore_retained(self, snapshot: SequenceStates) -> tuple[int, int]:
         """Put stored sequences into empty slots as retained ones (before serving), while cells allow, the rest
@@ -254,12 +255,12 @@ class LlamaCppModelRunner:
         total = self.n_ctx if self.kv_unified else self.n_ctx_seq * self.max_num_seqs
         return write_retained(self._lib, self._ctx, self._memory, self._pool, snapshot,
                               max_tokens_per_seq=self.n_ctx_seq, max_total_tokens=total,
-                              host=self._pool.host)  # fmt: skip
+                              host=self.host_cache)  # fmt: skip
 
     def stats(self) -> dict[str, float]:
         """The host-memory cache's size and counts, for the engine's metrics (absent when it is off)."""
         host = self.host_cache
-        if self._pool.host is None:
+        if host is None:
             return {}
         return {"host_cache_bytes": float(host.num_bytes), "host_cache_entries": float(len(host)),
                 "host_cache_saved": float(host.num_saved), "host_cache_restored": float(host.num_restored),
@@ -270,57 +271,13 @@ class LlamaCppModelRunner:
         rejected is dropped (llama_memory_seq_rm), and the slot's recorded tokens shrink with it."""
         slot = self._pool.slot_of(request_id)
         if slot is not None and num_tokens < slot.num_cached:
-            self._run_op(self._pool.truncate(request_id, num_tokens))
-
-    def _run_op(self, op: SlotOp) -> None:
-        self._ops.run(op)
+            self._ops.run(self._pool.truncate(request_id, num_tokens))
 
     def _prefill(self, seq_id: int, token_ids: list[int]) -> None:
         """Compute `token_ids` into the empty sequence `seq_id` from position 0, no logits."""
         tokens = [(token_id, position, seq_id, False) for position, token_id in enumerate(token_ids)]
         for begin in range(0, len(tokens), self.n_batch):
             self._decode(tokens[begin : begin + self.n_batch], torch.empty(0), 0)
-
-    def _assign_slots(self, batch: list[BatchEntry]) -> list[int]:
-        """Sequence ids of the batch's entries, giving new requests theirs (with any cached prefix) first; cells
-        past an entry's `start_position` (a request recomputing from there) are dropped."""
-        new_ids = [e.request_id for e in batch if self._pool.slot_of(e.request_id) is None]
-        if len(new_ids) > self._pool.num_free:
-            free = self._pool.num_free
-            raise EngineError(f"{len(new_ids)} new requests but only {free} free llama.cpp sequences")
-        plan = self._pool.assign(new_ids)  # also drops promises of requests the scheduler did not admit
-        free_cells = None
-        if self.kv_unified:
-            # Live tokens fit by the engine's accounting; cells of retained prefixes do not count there.
-            wanted = sum(len(e.token_ids) for e in batch)
-
-            def free_cells(extra: int) -> list[SlotOp]:
-                return self._pool.evict_retained(self.n_ctx - wanted - extra)
-
-        try:
-            self._ops.run_plan(plan, free_cells)
-        except Exception:
-            # The pool already counts the new requests' promised cells: clear their sequences, so that nothing
-            # later trusts cells the plan did not finish making.
-            for request_id in new_ids:
-                if self._pool.slot_of(request_id) is not None:
-                    with contextlib.suppress(Exception):
-                        self._run_op(self._pool.truncate(request_id, 0))
-            raise
-        seq_ids = []
-        for entry in batch:
-            slot = self._pool.slot_of(entry.request_id)
-            if slot is None:
-                raise EngineError(f"request {entry.request_id} got no llama.cpp sequence")
-            if entry.start_position > slot.num_cached:
-                raise ValueError(
-                    f"request {entry.request_id} starts at position {entry.start_position} but only "
-                    f"{slot.num_cached} positions are cached in llama.cpp"
-                )
-            if entry.start_position < slot.num_cached:
-                self._run_op(self._pool.truncate(entry.request_id, entry.start_position))
-            seq_ids.append(slot.seq_id)
-        return seq_ids
 
     # -- compute -------------------------------------------------------------------------------------------
 
@@ -336,7 +293,7 @@ class LlamaCppModelRunner:
         # With per-sequence KV, entries go to llama.cpp in sequence-id order: it packs only runs of consecutive
         # sequence ids into one physical batch, and each extra one reads every weight again. (The shared pool
         # takes any order; its cells, and so its logits, follow the order, which is kept.)
-        seq_ids = self._assign_slots(batch)
+        seq_ids = self._ops.assign_slots(batch, self.n_ctx if self.kv_unified else None)
         order = list(range(len(batch))) if self.kv_unified else sorted(range(len(batch)), key=seq_ids.__getitem__)
         tokens: list[tuple[int, int, int, bool]] = []
         for index in order:
@@ -355,7 +312,7 @@ class LlamaCppModelRunner:
             for entry in batch:
                 slot = self._pool.slot_of(entry.request_id)
                 if slot is not None:
-                    self._run_op(self._pool.truncate(entry.request_id, slot.num_cached))
+                    self._ops.run(self._pool.truncate(entry.request_id, slot.num_cached))
             raise
         for entry in batch:
             self._pool.record(entry.request_id, entry.start_position, entry.token_ids)

@@ -104,15 +104,14 @@ def write_retained(
         pool.adopt_retained(seq_id, tokens)
         restored += 1
         tokens_in += len(tokens)
-    kept = []
-    for i in reversed(unplaced if host is not None else []):  # checked by llama.cpp when restored, not here
-        state = snapshot.states[snapshot.offsets[i] : snapshot.offsets[i + 1]].clone()
-        entry = host.put(snapshot.tokens[i], state, state.numel()) if host is not None else None
-        if entry is not None:
-            kept.append(entry)
-    held = [entry for entry in kept if host is not None and entry in host]  # a later put may evict an earlier one
-    restored += len(held)
-    tokens_in += sum(entry.num_tokens for entry in held)
+    if host is not None:  # these are checked by llama.cpp when restored, not here
+        kept = []
+        for i in reversed(unplaced):
+            state = snapshot.states[snapshot.offsets[i] : snapshot.offsets[i + 1]].clone()
+            kept.append(host.put(snapshot.tokens[i], state, state.numel()))
+        held = [entry for entry in kept if entry is not None and entry in host]  # a later put may evict one
+        restored += len(held)
+        tokens_in += sum(entry.num_tokens for entry in held)
     if refused:
         logger.warning("prefix cache: llama.cpp refused %d stored sequences: %s", len(refused), "; ".join(refused))
     return restored, tokens_in

@@ -38,9 +38,7 @@ from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from typing import Literal
 
-import numpy as np
-
-from qwen3_api.executors.host_states import HostEntry, HostStateCache
+from qwen3_api.executors.host_states import HostEntry, HostStateCache, common_prefix_length
 
 
 @dataclass
@@ -80,15 +78,6 @@ class _Promise:
     takeover: bool  # decided at lookup: at most one takeover promise per source, the others copy
 
 
-def common_prefix_length(a: list[int], b: list[int]) -> int:
-    """Length of the longest common prefix of two token lists."""
-    n = min(len(a), len(b))
-    if n == 0:
-        return 0
-    mismatch = np.flatnonzero(np.asarray(a[:n]) != np.asarray(b[:n]))
-    return int(mismatch[0]) if mismatch.size else n
-
-
 class SlotPool:
     """Slots of live requests, retained slots (prefix cache) and free ones; see the module docstring."""
 
@@ -104,7 +93,7 @@ class SlotPool:
         self.min_reuse_tokens = min_reuse_tokens
         self.min_copy_tokens = min_copy_tokens
         self.compact = compact
-        self.host = host if reuse_prefixes and host is not None and host.max_bytes > 0 else None
+        self.host = host if reuse_prefixes else None
         self._live: dict[str, Slot] = {}
         self._retained: OrderedDict[int, Slot] = OrderedDict()  # by seq id, least recently released first
         self._empty = list(range(num_slots - 1, -1, -1))  # pop() hands out 0 first
