@@ -42,6 +42,7 @@ import httpx
 from peers import engine_time, openvino_env, report
 from peers.llama_server import (
     build_llama_server,
+    built_without_amx,
     default_cache_dir,
     help_text,
     llama_server_command,
@@ -98,14 +99,15 @@ def prepare_llama_server(args: argparse.Namespace, peers: Peers, run: Run) -> No
                 raise RuntimeError(f"llama-server is not built at {binary} (run without --no-build)")
             binary = build_llama_server(binary.parents[3], args.jobs)
         ours_mode = resolve_weight_repack(ours_repack_mode(args.ours_flag))
-        flags = repack_flags(ours_mode, help_text(binary))
+        flags = repack_flags(ours_mode, help_text(binary), built_without_amx(binary))
     except Exception as exc:  # noqa: BLE001 -- reported as the contender's rows; the others go on
         peers.llama_server_error = f"{type(exc).__name__}: {exc}"
         print(f"llama-server unavailable: {peers.llama_server_error}", flush=True)
         return
     peers.binary, peers.llama_server_flags = binary, (*flags, *args.theirs_flag)
     note = (f"weight repacking: ours {ours_mode} (llama.cpp build AMX: {build_has_amx()}); "
-            f"llama-server gets {' '.join(flags) or 'its default (repack on)'}")  # fmt: skip
+            f"llama-server{' built without AMX' if built_without_amx(binary) else ''} gets "
+            f"{' '.join(flags) or 'its default (repack on)'}")  # fmt: skip
     print(note, flush=True)
     run.notes.append(note)
 

@@ -17,6 +17,12 @@ LLAMA_SERVER_CMAKE_FLAGS = (
     "-G", "Ninja", "-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_BUILD_SERVER=ON", "-DLLAMA_BUILD_TOOLS=ON",
     "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DGGML_NATIVE=ON",
 )  # fmt: skip
+# On CPUs that report AMX, llama.cpp's AMX kernels may still not run (measured: a Firecracker guest of a Xeon with
+# amx_int8 dies at the first tile instruction). -march=native would compile them in and put the AMX buffer type first,
+# and llama-server cannot name CPU_REPACK alone, so it would lose the repacked AVX2 layouts ours runs there. Built
+# without AMX, its default extra-buffer list is CPU_REPACK alone: the same kernels as ours.
+NO_AMX_CFLAGS = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+NO_AMX_MARKER = "built-without-amx"
 NO_REPACK_FLAG = "--no-repack"
 
 
@@ -25,10 +31,32 @@ def llama_cpp_python_version() -> str:
     return metadata.version("llama-cpp-python")
 
 
+def cpu_reports_amx() -> bool:
+    """Whether the CPU reports AMX tiles (Linux /proc/cpuinfo)."""
+    try:
+        return " amx_tile" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
 def default_cache_dir() -> Path:
+    suffix = "-no-amx" if cpu_reports_amx() else ""
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "qwen3-api" / (
-        f"llama-server-{llama_cpp_python_version()}"
+        f"llama-server-{llama_cpp_python_version()}{suffix}"
     )
+
+
+def cmake_flags(without_amx: bool) -> list[str]:
+    """The configure flags: native code for this CPU, less AMX when `without_amx`."""
+    flags = list(LLAMA_SERVER_CMAKE_FLAGS)
+    if without_amx:
+        flags += [f"-DCMAKE_C_FLAGS={NO_AMX_CFLAGS}", f"-DCMAKE_CXX_FLAGS={NO_AMX_CFLAGS}"]
+    return flags
+
+
+def built_without_amx(binary: Path) -> bool:
+    """Whether `build_llama_server` left its no-AMX marker beside the build."""
+    return (binary.parents[2] / NO_AMX_MARKER).is_file()
 
 
 def llama_server_path(cache_dir: Path) -> Path:
@@ -59,11 +87,14 @@ def build_llama_server(cache_dir: Path, jobs: int) -> Path:
                 tar.extractall(staging, filter="data")
             (vendored,) = Path(staging).glob("llama_cpp_python-*/vendor/llama.cpp")
             vendored.rename(source)  # atomic within one file system: a half-unpacked tree is never `source`
-    print(f"building llama-server in {source} (~15 min on 2 cores)", flush=True)
-    subprocess.run(["cmake", "-S", str(source), "-B", str(source / "build"), *LLAMA_SERVER_CMAKE_FLAGS], check=True)
+    without_amx = cpu_reports_amx()
+    print(f"building llama-server in {source}{' without AMX' if without_amx else ''} (~15 min on 2 cores)", flush=True)
+    subprocess.run(["cmake", "-S", str(source), "-B", str(source / "build"), *cmake_flags(without_amx)], check=True)
     subprocess.run(["cmake", "--build", str(source / "build"), "--target", "llama-server", "-j", str(jobs)], check=True)
     if not binary.is_file():
         raise RuntimeError(f"the build finished without {binary}")
+    if without_amx:
+        (source / NO_AMX_MARKER).touch()
     return binary
 
 
@@ -79,15 +110,16 @@ def help_text(binary: Path) -> str:
     return done.stdout + done.stderr
 
 
-def repack_flags(ours_mode: str, help_output: str) -> list[str]:
+def repack_flags(ours_mode: str, help_output: str, without_amx: bool = False) -> list[str]:
     """The llama-server flags closest to our backend's weight layouts (`ours_mode`: resolved "on", "cpu", "off").
 
-    "on": both take llama.cpp's whole extra-buffer list. Otherwise `--no-repack`: ours turns that list off on builds
-    with AMX (their AMX tile kernels die with SIGILL on virtual machines that report AMX) and, in "cpu", names its
-    matrices for CPU_REPACK alone; llama-server's `--override-tensor` offers only the devices' own buffer types, so
-    without AMX's crash it can only run the plain layout there.
+    "on": both take llama.cpp's whole extra-buffer list. "cpu" (ours on a build with AMX: its list turned off and
+    its matrices named for CPU_REPACK alone): a llama-server built `without_amx` has CPU_REPACK alone in its list, so
+    it takes its default; one built with AMX gets `--no-repack` (its `--override-tensor` offers only the devices'
+    own buffer types, and the AMX kernels die on virtual machines that report AMX), so it runs the plain layout.
+    "off": `--no-repack`.
     """
-    if ours_mode == "on":
+    if ours_mode == "on" or (ours_mode == "cpu" and without_amx):
         return []
     if NO_REPACK_FLAG not in help_output:
         raise RuntimeError(f"this llama-server has no {NO_REPACK_FLAG}: it cannot run the kernels ours runs")
