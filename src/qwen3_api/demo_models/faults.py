@@ -96,5 +96,8 @@ class FaultInjectingRunner:
         self._poisoned.difference_update(ids)
         self.runner.release(ids)
 
+    def stats(self) -> dict[str, float]:
+        return self.runner.stats()
+
     def __getattr__(self, name: str) -> object:  # the wrapped runner's other attributes (slots, close, ...)
         return getattr(self.runner, name)

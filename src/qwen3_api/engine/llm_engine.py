@@ -128,7 +128,7 @@ class LLMEngine:
             "kv_blocks_total": float(kv.num_blocks),
             **self.timing.stats(),
             **(self.speculator.stats() if self.speculator is not None else {}),
-            **(self.runner.stats() if hasattr(self.runner, "stats") else {}),  # a runner's own caches
+            **self.runner.stats(),
         }
 
     def shutdown(self) -> None:

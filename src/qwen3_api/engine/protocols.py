@@ -42,6 +42,9 @@ class ModelRunner(Protocol):
     def release(self, request_ids: Iterable[str]) -> None:
         """Forget per-sequence state of finished or aborted requests."""
 
+    def stats(self) -> dict[str, float]:
+        """The runner's own gauges and counters (its caches); the engine's stats carry them. Empty where none."""
+
 
 @dataclass(frozen=True)
 class SamplingRow:

@@ -75,6 +75,10 @@ class TorchModelRunner:
     def release(self, request_ids: Iterable[str]) -> None:
         """Nothing to forget: a sequence's KV lives in blocks the scheduler owns."""
 
+    def stats(self) -> dict[str, float]:
+        """No caches of its own: the scheduler's blocks are its KV."""
+        return {}
+
     def read_blocks(self, block_ids: list[int]) -> torch.Tensor:
         """A CPU copy of these blocks' K/V, `[num_layers, 2, len(block_ids), block_size, Hkv, D]`."""
         index = torch.tensor(block_ids, dtype=torch.long, device=self.device)
