@@ -3,6 +3,7 @@
     python benchmarks/step_profile.py                                    # 0.6b shape Q8_0, greedy and top-p/top-k
     python benchmarks/step_profile.py --batches 8 --runner flash_attention=true --runner n_ubatch=64
     python benchmarks/step_profile.py --compare-src /tmp/baseline/src    # the same table for older sources
+    python benchmarks/step_profile.py --gguf model-Q6_K.gguf --workloads greedy   # any GGUF file
 
 The engine is built as `qwen3-api serve --backend llamacpp` builds it (`build_llamacpp_engine`), on the 0.6b-shape
 test GGUF. Each batch size runs B requests of `--prompt-tokens` random tokens (end tokens ignored); once all of
@@ -110,7 +111,7 @@ def build_engine(args: argparse.Namespace, max_num_seqs: int) -> Any:
     from qwen3_api.models.gguf import read_gguf_metadata
     from qwen3_api.runtime import llamacpp_engine
 
-    gguf = Path(cached_test_gguf(args.qtype, shape=args.shape))
+    gguf = Path(args.gguf) if args.gguf else Path(cached_test_gguf(args.qtype, shape=args.shape))
     tokenizer = Tokenizer.from_gguf(gguf, read_gguf_metadata(gguf))
     settings = Settings(model="unused", max_num_seqs=max_num_seqs, max_num_batched_tokens=512,
                         **parse_runner_options(args.setting))  # fmt: skip
@@ -256,6 +257,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", default="0.6b")
     parser.add_argument("--qtype", default="Q8_0")
+    parser.add_argument("--gguf", help="profile this GGUF file instead of the --shape/--qtype test file")
     parser.add_argument("--batches", default="1,4,8,16", type=lambda s: [int(x) for x in s.split(",")])
     parser.add_argument("--workloads", default="greedy,topk-topp", type=lambda s: s.split(","))
     parser.add_argument("--steps", type=int, default=12, help="timed decode steps per batch size")
