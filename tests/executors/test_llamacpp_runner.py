@@ -7,6 +7,7 @@ import functools
 import random
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -424,6 +425,38 @@ def test_engine_reuses_a_finished_conversation_and_running_siblings(model_name: 
     assert all(t == expected_sibling for t in tokens.values())
     assert sorted(cached.values())[-2:] == [len(base) - 1] * 2
     assert engine.scheduler.kv_stats.prefix_hit_tokens > 0
+
+
+def test_a_plan_that_fails_midway_leaves_no_sequence_promising_cells_it_does_not_hold(model_name: str) -> None:
+    base = prompts(6, seed=30)[5]  # 100 tokens
+    copy_prompt = base[:90] + [11, 12]
+    cold, warm = cold_and_warm_runners(model_name, max_num_seqs=4)
+    try:
+        expected = cold.forward([BatchEntry(copy_prompt, 0, [], True, "e")])
+        warm.forward([BatchEntry(base, 0, [], True, "a")])
+        assert warm.lookup_prefix("copy", copy_prompt) == 90  # promised: "a"'s cells copied into a new sequence
+        run = warm._ops.run
+
+        def copy_fails(op: Any, *args: Any) -> None:  # llama.cpp failing inside the step's plan
+            if op.kind == "copy":
+                raise RuntimeError("injected: the copy failed")
+            run(op, *args)
+
+        warm._ops.run = copy_fails  # type: ignore[method-assign]
+        with pytest.raises(RuntimeError, match="injected"):
+            warm.forward([BatchEntry(copy_prompt[90:], 90, [], True, "copy")])
+        warm._ops.run = run  # type: ignore[method-assign]
+        failed = warm._pool.slot_of("copy")
+        assert failed is None or failed.num_cached == 0  # it promised 90 tokens it never got
+        warm.release(["copy"])  # the engine ends the failed step's requests
+        # The next such prompt must not take over the failed sequence as if it held "a"'s prefix.
+        hit = warm.lookup_prefix("again", copy_prompt)
+        assert hit == 90
+        got = warm.forward([BatchEntry(copy_prompt[hit:], hit, [], True, "again")])
+        assert torch.equal(got, expected)
+    finally:
+        cold.close()
+        warm.close()
 
 
 def test_copy_and_takeover_of_one_retained_sequence_in_one_batch(model_name: str) -> None:
