@@ -10,11 +10,17 @@ import os
 import platform
 import shutil
 import subprocess
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from qwen3_api.bench.metrics import BenchResult
+
+
+# The figure's title, wrapped at this many characters (16-inch figure, 11-point font), each line this tall.
+TITLE_WIDTH_CHARS = 150
+TITLE_LINE_INCHES = 0.22
 
 
 class PlotUnavailable(RuntimeError):
@@ -81,8 +87,11 @@ def plot_groups(
         ttft.set_title(f"{prefix}{'TTFT' if group else 'time to first token'} (p50 solid, {upper} dashed)")
         tpot.set_title(f"{prefix}{'TPOT' if group else 'time per output token'} (p50 solid, {upper} dashed)")
     title = f"{model} on {machine or machine_description()}"
-    figure.suptitle(title + (f"\n{subtitle}" if subtitle else ""), fontsize=11)
-    figure.tight_layout()
+    # Wrapped to the figure's width, and room kept above the panels for it (tight_layout ignores a suptitle).
+    lines = [wrapped for part in (title, subtitle) if part for wrapped in textwrap.wrap(part, TITLE_WIDTH_CHARS)]
+    figure.suptitle("\n".join(lines), fontsize=11)
+    height = figure.get_figheight()
+    figure.tight_layout(rect=(0, 0, 1, 1 - (0.25 + TITLE_LINE_INCHES * len(lines)) / height))
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)
     plt.close(figure)
