@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 
+from qwen3_api.models.llama_vocab import cpu_has_amx
+
 LLAMA_SERVER_CMAKE_FLAGS = (
     "-G", "Ninja", "-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_BUILD_SERVER=ON", "-DLLAMA_BUILD_TOOLS=ON",
     "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DGGML_NATIVE=ON",
@@ -31,16 +33,8 @@ def llama_cpp_python_version() -> str:
     return metadata.version("llama-cpp-python")
 
 
-def cpu_reports_amx() -> bool:
-    """Whether the CPU reports AMX tiles (Linux /proc/cpuinfo)."""
-    try:
-        return " amx_tile" in Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-
-
 def default_cache_dir() -> Path:
-    suffix = "-no-amx" if cpu_reports_amx() else ""
+    suffix = "-no-amx" if cpu_has_amx() else ""
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "qwen3-api" / (
         f"llama-server-{llama_cpp_python_version()}{suffix}"
     )
@@ -87,7 +81,7 @@ def build_llama_server(cache_dir: Path, jobs: int) -> Path:
                 tar.extractall(staging, filter="data")
             (vendored,) = Path(staging).glob("llama_cpp_python-*/vendor/llama.cpp")
             vendored.rename(source)  # atomic within one file system: a half-unpacked tree is never `source`
-    without_amx = cpu_reports_amx()
+    without_amx = cpu_has_amx()
     print(f"building llama-server in {source}{' without AMX' if without_amx else ''} (~15 min on 2 cores)", flush=True)
     subprocess.run(["cmake", "-S", str(source), "-B", str(source / "build"), *cmake_flags(without_amx)], check=True)
     subprocess.run(["cmake", "--build", str(source / "build"), "--target", "llama-server", "-j", str(jobs)], check=True)

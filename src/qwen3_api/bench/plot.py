@@ -17,7 +17,6 @@ from typing import Any
 
 from qwen3_api.bench.metrics import BenchResult
 
-
 # The figure's title, wrapped at this many characters (16-inch figure, 11-point font), each line this tall.
 TITLE_WIDTH_CHARS = 150
 TITLE_LINE_INCHES = 0.22
