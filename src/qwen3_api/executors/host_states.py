@@ -60,6 +60,12 @@ class HostStateCache:
     def __contains__(self, entry: object) -> bool:
         return isinstance(entry, HostEntry) and self._entries.get(entry.key) is entry
 
+    def stats(self) -> dict[str, float]:
+        """Size and counts, named as the engine's metrics name them."""
+        return {"host_cache_bytes": float(self.num_bytes), "host_cache_entries": float(len(self)),
+                "host_cache_saved": float(self.num_saved), "host_cache_restored": float(self.num_restored),
+                "host_cache_evicted": float(self.num_evicted)}  # fmt: skip
+
     def entries(self) -> list[HostEntry]:
         """Every entry, most recently used first."""
         return list(reversed(self._entries.values()))

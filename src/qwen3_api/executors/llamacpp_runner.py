@@ -180,12 +180,12 @@ class LlamaCppModelRunner:
         self.n_batch = n_batch = llama_cpp.llama_n_batch(self._ctx)
         self.n_ubatch: int = llama_cpp.llama_n_ubatch(self._ctx)
         self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
-        self.host_cache = HostStateCache(host_cache_bytes) if reuse_prefixes and host_cache_bytes > 0 else None
+        host = HostStateCache(host_cache_bytes) if reuse_prefixes and host_cache_bytes > 0 else None
         self._pool = SlotPool(
             num_slots, reuse_prefixes=reuse_prefixes, min_reuse_tokens=min_reuse_tokens,
-            min_copy_tokens=min_copy_tokens, compact=not kv_unified, host=self.host_cache,
+            min_copy_tokens=min_copy_tokens, compact=not kv_unified, host=host,
         )  # fmt: skip
-        self._ops = SlotOps(llama_cpp, self._ctx, self._memory, self._pool, self.host_cache, self._prefill)
+        self._ops = SlotOps(llama_cpp, self._ctx, self._memory, self._pool, self._prefill)
         logger.info(
             "llama.cpp: %s, vocab %d, %d sequences (+%d for finished ones' prefixes), %s KV of %d %s cells, batch "
             "%d/%d, %d/%d threads, flash attention %s, weight repacking %s, host cache of finished sequences %s",
@@ -194,10 +194,15 @@ class LlamaCppModelRunner:
             kv_cache_type, n_batch, self.n_ubatch, self.n_threads,
             self.n_threads_batch, "on" if self.flash_attention else "off",
             _repack_note(self.weight_repack, self.repacked_tensors),
-            f"{host_cache_bytes / 2**30:.1f} GiB" if self.host_cache is not None else "off",
+            f"{host_cache_bytes / 2**30:.1f} GiB" if host is not None else "off",
         )  # fmt: skip
 
     # -- per-request state ---------------------------------------------------------------------------------
+
+    @property
+    def host_cache(self) -> HostStateCache | None:
+        """The host-memory cache of finished sequences' saved states (None when off); the pool plans with it."""
+        return self._pool.host
 
     @property
     def num_free_slots(self) -> int:
@@ -238,13 +243,13 @@ class LlamaCppModelRunner:
     @property
     def retained_version(self) -> int:
         """Changes whenever a finished sequence is retained."""
-        return self._pool.num_retentions + (self.host_cache.num_saved if self.host_cache is not None else 0)
+        host = self._pool.host
+        return self._pool.num_retentions + (host.num_saved if host is not None else 0)
 
     def export_retained(self, max_bytes: int) -> SequenceStates:
         """The retained sequences' tokens and llama.cpp state, hottest first, then the host cache's, within
         `max_bytes`."""
-        saved = self.host_cache.entries() if self.host_cache is not None else []
-        return read_retained(self._lib, self._ctx, self._pool, max_bytes, saved)
+        return read_retained(self._lib, self._ctx, self._pool, max_bytes)
 
     def restore_retained(self, snapshot: SequenceStates) -> tuple[int, int]:
         """Put stored sequences into empty slots as retained ones (before serving), while cells allow, the rest
@@ -254,17 +259,12 @@ class LlamaCppModelRunner:
             return 0, 0
         total = self.n_ctx if self.kv_unified else self.n_ctx_seq * self.max_num_seqs
         return write_retained(self._lib, self._ctx, self._memory, self._pool, snapshot,
-                              max_tokens_per_seq=self.n_ctx_seq, max_total_tokens=total,
-                              host=self.host_cache)  # fmt: skip
+                              max_tokens_per_seq=self.n_ctx_seq, max_total_tokens=total)  # fmt: skip
 
     def stats(self) -> dict[str, float]:
         """The host-memory cache's size and counts, for the engine's metrics (absent when it is off)."""
-        host = self.host_cache
-        if host is None:
-            return {}
-        return {"host_cache_bytes": float(host.num_bytes), "host_cache_entries": float(len(host)),
-                "host_cache_saved": float(host.num_saved), "host_cache_restored": float(host.num_restored),
-                "host_cache_evicted": float(host.num_evicted)}  # fmt: skip
+        host = self._pool.host
+        return host.stats() if host is not None else {}
 
     def rollback(self, request_id: str, num_tokens: int) -> None:
         """Keep only the first `num_tokens` positions of a request's sequence: the K/V of draft tokens the sampler

@@ -22,7 +22,6 @@ import torch
 
 from qwen3_api.engine.protocols import BatchEntry
 from qwen3_api.errors import EngineError
-from qwen3_api.executors.host_states import HostStateCache
 from qwen3_api.executors.llamacpp_state import restore_sequence, save_sequence
 from qwen3_api.executors.slot_pool import SlotOp, SlotPool
 
@@ -30,25 +29,25 @@ logger = logging.getLogger(__name__)
 
 
 class SlotOps:
-    """Runs `SlotOp`s on one context; `prefill(seq_id, tokens)` computes tokens into an empty sequence. `host` is
-    None where the host cache is off (the pool then plans no saves or restores)."""
+    """Runs `SlotOp`s on one context; `prefill(seq_id, tokens)` computes tokens into an empty sequence. Saves and
+    restores go to the pool's host cache (the pool plans none where it is off)."""
 
-    def __init__(self, lib: Any, ctx: Any, memory: Any, pool: SlotPool, host: HostStateCache | None,
+    def __init__(self, lib: Any, ctx: Any, memory: Any, pool: SlotPool,
                  prefill: Callable[[int, list[int]], None]) -> None:  # fmt: skip
         self._lib, self._ctx, self._memory = lib, ctx, memory
         self._pool = pool
-        self._host = host
         self._prefill = prefill
 
     def run(self, op: SlotOp, copy_sources: frozenset[int] = frozenset()) -> None:
         """One operation; `copy_sources`: sequences whose data a copy queued in this step still has to read."""
         lib, memory = self._lib, self._memory
         if op.kind == "save":
-            if self._host is None:
+            host = self._pool.host
+            if host is None:
                 raise EngineError("a save planned without a host cache")
-            state = save_sequence(lib, self._ctx, op.seq_id, self._host.max_bytes)
+            state = save_sequence(lib, self._ctx, op.seq_id, host.max_bytes)
             if state is not None:
-                self._host.put(list(op.tokens), state, state.numel())
+                host.put(list(op.tokens), state, state.numel())
             return  # the trim that follows drops the cells
         if op.kind == "restore":
             self._restore(op, copy_sources)
@@ -60,7 +59,7 @@ class SlotOps:
         lib.llama_memory_seq_rm(memory, op.seq_id, op.num_tokens, -1)
 
     def _restore(self, op: SlotOp, copy_sources: frozenset[int]) -> None:
-        entry, host = op.entry, self._host
+        entry, host = op.entry, self._pool.host
         if entry is None or host is None or not isinstance(entry.state, torch.Tensor):
             raise EngineError(f"restore of sequence {op.seq_id} without a saved state")
         promised = entry.tokens[: op.num_tokens].tolist()

@@ -12,7 +12,6 @@ from typing import Any
 import torch
 
 from qwen3_api.engine.protocols import SequenceStates
-from qwen3_api.executors.host_states import HostEntry, HostStateCache
 from qwen3_api.executors.slot_pool import SlotPool
 
 logger = logging.getLogger(__name__)
@@ -46,10 +45,10 @@ def restore_sequence(lib: Any, ctx: Any, memory: Any, seq_id: int, state: torch.
             "tokens")  # fmt: skip
 
 
-def read_retained(lib: Any, ctx: Any, pool: SlotPool, max_bytes: int, saved: list[HostEntry]) -> SequenceStates:
-    """The pool's retained sequences, hottest first, then the `saved` ones (host cache entries, most recent
-    first), as many as fit in `max_bytes` with their token ids (4 bytes each) and offsets (a sequence that does not
-    fit is skipped; colder, smaller ones may still be taken)."""
+def read_retained(lib: Any, ctx: Any, pool: SlotPool, max_bytes: int) -> SequenceStates:
+    """The pool's retained sequences, hottest first, then its host cache's saved ones (most recent first), as
+    many as fit in `max_bytes` with their token ids (4 bytes each) and offsets (a sequence that does not fit is
+    skipped; colder, smaller ones may still be taken)."""
     chosen: list[tuple[int | torch.Tensor, list[int], int]] = []  # seq id or saved state, tokens, state size
     total = 0
     cost = 2 * 8  # the two offset lists' leading zeros
@@ -57,6 +56,7 @@ def read_retained(lib: Any, ctx: Any, pool: SlotPool, max_bytes: int, saved: lis
         (slot.seq_id, slot.tokens, int(lib.llama_state_seq_get_size(ctx, slot.seq_id)))
         for slot in pool.hottest_retained()
     ]
+    saved = pool.host.entries() if pool.host is not None else []
     sources += [(e.state, e.tokens.tolist(), e.num_bytes) for e in saved if isinstance(e.state, torch.Tensor)]
     for source, tokens, size in sources:
         more = size + 4 * len(tokens) + 2 * 8
@@ -79,10 +79,10 @@ def read_retained(lib: Any, ctx: Any, pool: SlotPool, max_bytes: int, saved: lis
 
 def write_retained(
     lib: Any, ctx: Any, memory: Any, pool: SlotPool, snapshot: SequenceStates, *, max_tokens_per_seq: int,
-    max_total_tokens: int, host: HostStateCache | None = None,
+    max_total_tokens: int,
 ) -> tuple[int, int]:  # fmt: skip
     """Restore `snapshot`'s sequences (hottest first) into empty slots and retain them in `pool`, while they fit
-    (`max_tokens_per_seq` each, `max_total_tokens` in all), and those that find no slot into `host` (coldest
+    (`max_tokens_per_seq` each, `max_total_tokens` in all), and those that find no slot into its host cache (coldest
     first, so the hottest ends most recent) while it has room; returns (sequences, tokens) restored. A state
     llama.cpp refuses, or whose positions do not match its tokens, is dropped (one log line in all)."""
     restored = tokens_in = 0
@@ -104,6 +104,7 @@ def write_retained(
         pool.adopt_retained(seq_id, tokens)
         restored += 1
         tokens_in += len(tokens)
+    host = pool.host
     if host is not None:  # these are checked by llama.cpp when restored, not here
         kept = []
         for i in reversed(unplaced):
