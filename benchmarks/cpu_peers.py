@@ -99,14 +99,15 @@ def prepare_llama_server(args: argparse.Namespace, peers: Peers, run: Run) -> No
                 raise RuntimeError(f"llama-server is not built at {binary} (run without --no-build)")
             binary = build_llama_server(binary.parents[3], args.jobs)
         ours_mode = resolve_weight_repack(ours_repack_mode(args.ours_flag))
-        flags = repack_flags(ours_mode, help_text(binary), built_without_amx(binary))
+        without_amx = built_without_amx(binary)
+        flags = repack_flags(ours_mode, help_text(binary), without_amx)
     except Exception as exc:  # noqa: BLE001 -- reported as the contender's rows; the others go on
         peers.llama_server_error = f"{type(exc).__name__}: {exc}"
         print(f"llama-server unavailable: {peers.llama_server_error}", flush=True)
         return
     peers.binary, peers.llama_server_flags = binary, (*flags, *args.theirs_flag)
     note = (f"weight repacking: ours {ours_mode} (llama.cpp build AMX: {build_has_amx()}); "
-            f"llama-server{' built without AMX' if built_without_amx(binary) else ''} gets "
+            f"llama-server{' built without AMX' if without_amx else ''} gets "
             f"{' '.join(flags) or 'its default (repack on)'}")  # fmt: skip
     print(note, flush=True)
     run.notes.append(note)
