@@ -18,7 +18,6 @@ position).
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
 import math
 import os
@@ -31,6 +30,7 @@ import torch
 from qwen3_api.engine.protocols import BatchEntry, SequenceStates
 from qwen3_api.errors import EngineError, ModelLoadError
 from qwen3_api.executors.host_states import HostStateCache
+from qwen3_api.executors.llamacpp_batch import Token, check_batch, flatten
 from qwen3_api.executors.llamacpp_options import resolve_weight_repack
 from qwen3_api.executors.llamacpp_repack import repack_overrides
 from qwen3_api.executors.llamacpp_slot_ops import SlotOps
@@ -288,20 +288,10 @@ class LlamaCppModelRunner:
         logits = torch.empty(rows, self.vocab_size, dtype=torch.float32)
         if not batch:
             return logits
-        self._check_batch(batch)
-        # Flatten to (token, position, seq id, wants logits); slots are resolved (and stale cells cleared) first.
-        # With per-sequence KV, entries go to llama.cpp in sequence-id order: it packs only runs of consecutive
-        # sequence ids into one physical batch, and each extra one reads every weight again. (The shared pool
-        # takes any order; its cells, and so its logits, follow the order, which is kept.)
+        check_batch(batch, n_outputs_max=self.n_outputs_max, n_ctx_seq=self.n_ctx_seq, vocab_size=self.vocab_size)
+        # Slots are resolved (and stale cells cleared) before the batch is built.
         seq_ids = self._ops.assign_slots(batch, self.n_ctx if self.kv_unified else None)
-        order = list(range(len(batch))) if self.kv_unified else sorted(range(len(batch)), key=seq_ids.__getitem__)
-        tokens: list[tuple[int, int, int, bool]] = []
-        for index in order:
-            entry, seq_id = batch[index], seq_ids[index]
-            first_output = len(entry.token_ids) - 1 - entry.num_draft_tokens
-            for i, token_id in enumerate(entry.token_ids):
-                tokens.append((token_id, entry.start_position + i, seq_id, entry.need_logits and i >= first_output))
-        destinations = None if order == sorted(order) else _rows_in_batch_order(batch, order)
+        tokens, destinations = flatten(batch, seq_ids, keep_order=self.kv_unified)
         row = 0
         try:
             for begin in range(0, len(tokens), self.n_batch):
@@ -318,7 +308,7 @@ class LlamaCppModelRunner:
             self._pool.record(entry.request_id, entry.start_position, entry.token_ids)
         return logits
 
-    def _decode(self, tokens: list[tuple[int, int, int, bool]], logits: torch.Tensor, row: int,
+    def _decode(self, tokens: list[Token], logits: torch.Tensor, row: int,
                 destinations: list[int] | None = None) -> int:  # fmt: skip
         """One `llama_decode` of at most n_batch tokens; copies its logits into `logits` from output row `row` on
         (`destinations`: the row of `logits` each output row goes to, when the tokens were reordered)."""
@@ -357,35 +347,6 @@ class LlamaCppModelRunner:
         else:
             logits[destinations[row : row + count]] = source
 
-    def _check_batch(self, batch: list[BatchEntry]) -> None:
-        """Reject malformed entries before anything reaches llama.cpp, which would abort the process on some."""
-        rows = sum(1 + e.num_draft_tokens for e in batch if e.need_logits)
-        if rows > self.n_outputs_max:
-            raise ValueError(
-                f"the batch asks for {rows} logits rows, more than the {self.n_outputs_max} this context reserved "
-                "(max_num_seqs x (1 + max_draft_tokens))"
-            )
-        seen: set[str] = set()
-        for i, entry in enumerate(batch):
-            if not entry.token_ids:
-                raise ValueError(f"batch entry {i} has no tokens")
-            if entry.start_position < 0:
-                raise ValueError(f"batch entry {i} has negative start_position {entry.start_position}")
-            if entry.start_position + len(entry.token_ids) > self.n_ctx_seq:
-                raise ValueError(
-                    f"batch entry {i} reaches position {entry.start_position + len(entry.token_ids)}, past the "
-                    f"{self.n_ctx_seq} cells of a llama.cpp sequence"
-                )
-            if not 0 <= entry.num_draft_tokens < len(entry.token_ids):
-                drafts, total = entry.num_draft_tokens, len(entry.token_ids)
-                raise ValueError(f"batch entry {i} has {drafts} draft tokens among {total} tokens")
-            if entry.request_id in seen:
-                raise ValueError(f"request {entry.request_id!r} appears twice in one batch")
-            seen.add(entry.request_id)
-            bad = [t for t in entry.token_ids if not 0 <= t < self.vocab_size]
-            if bad:
-                raise ValueError(f"batch entry {i} has token ids outside [0, {self.vocab_size}): {bad[:5]}")
-
     def close(self) -> None:
         """Free the batch, context and model (idempotent)."""
         lib = self._lib
@@ -402,13 +363,6 @@ class LlamaCppModelRunner:
     def __del__(self) -> None:
         with contextlib.suppress(Exception):  # at interpreter shutdown the library may already be gone
             self.close()
-
-
-def _rows_in_batch_order(batch: list[BatchEntry], order: list[int]) -> list[int]:
-    """For entries decoded in `order`, the batch-order logits row of each output row."""
-    widths = [1 + e.num_draft_tokens if e.need_logits else 0 for e in batch]
-    starts = [0, *itertools.accumulate(widths)]
-    return [starts[index] + k for index in order for k in range(widths[index])]
 
 
 def _repack_note(mode: str, repacked: int) -> str:

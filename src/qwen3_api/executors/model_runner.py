@@ -15,6 +15,7 @@ from qwen3_api.executors.attention import (
     PagedKVCache,
     kv_cache_bytes_per_token,
 )
+from qwen3_api.executors.batch_checks import check_positions
 from qwen3_api.models.qwen3 import Qwen3ForCausalLM, Qwen3ModelConfig
 from qwen3_api.models.weights import load_model, resolve_dtype
 
@@ -126,19 +127,12 @@ class TorchModelRunner:
 
     def _check_batch(self, batch: list[BatchEntry]) -> None:
         """Reject malformed entries here: a bad slot would silently corrupt another sequence's cache."""
+        limit = self.config.max_position_embeddings
+        check_positions(batch, limit, f"max_position_embeddings {limit}")
         for i, entry in enumerate(batch):
-            if not entry.token_ids:
-                raise ValueError(f"batch entry {i} has no tokens")
-            if entry.start_position < 0:
-                raise ValueError(f"batch entry {i} has negative start_position {entry.start_position}")
             if entry.num_draft_tokens:
                 raise ValueError("speculative decoding (draft tokens) runs on the llama.cpp backend only")
             end = entry.start_position + len(entry.token_ids)
-            if end > self.config.max_position_embeddings:
-                raise ValueError(
-                    f"batch entry {i} reaches position {end}, past max_position_embeddings "
-                    f"{self.config.max_position_embeddings}"
-                )
             needed = (end + self.block_size - 1) // self.block_size
             table = entry.block_table
             if len(table) < needed:
